@@ -1,0 +1,29 @@
+# Everyday commands. On a fresh machine `make demo` and `make test` do all the set-up:
+# create .venv, install requirements-dev.txt, build eexit._C (C++ and, when possible, CUDA).
+# EEXIT_CUDA=0 skips the CUDA sources for fast CPU iteration; EEXIT_CUDA=1 makes them required.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: demo test bench build
+
+$(STAMP): requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+build: $(STAMP)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+demo: build
+	$(PY) -m eexit demo
+
+test: build
+	EEXIT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable -k "N64-C10-"
+
+bench: build
+	mkdir -p benchmarks/results
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-json=benchmarks/results/latest.json
+	$(PY) benchmarks/report.py benchmarks/results/latest.json

@@ -1,0 +1,62 @@
+"""Turn a pytest-benchmark JSON file into the markdown results table.
+
+usage: python benchmarks/report.py RESULTS.json > benchmarks/results/exit_gate-<device>-<date>.md
+Ratios are eager/fused and compile/fused medians from the same run (higher is better for fused).
+"""
+import json
+import platform
+import sys
+from collections import defaultdict
+
+import torch
+
+TARGET = {"eager": 4.0, "compile": 2.0}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    med = defaultdict(dict)
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        med[(e["device"], e["criterion"], e["n"], e["c"])][e["impl"]] = b["stats"]["median"]
+    info = data.get("machine_info", {})
+    print(f"# exit_gate benchmark — {data.get('datetime', '')[:10]}\n")
+    print(f"- CPU: {cpu_name()} ({info.get('cpu', {}).get('count', '?')} logical cores)")
+    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if any(k[0] == "cuda" for k in med):
+        print(f"- GPU: {torch.cuda.get_device_name()}")
+    print()
+    print("Medians in microseconds; ratio = other / fused (higher means the fused op is faster).")
+    print(f"Targets on CPU: eager/fused >= {TARGET['eager']}, compile/fused >= {TARGET['compile']}.\n")
+    print("| device | criterion | N | C | fused µs | eager µs | compile µs | eager/fused | compile/fused | target met |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    for (dev, crit, n, c), m in sorted(med.items()):
+        if "fused" not in m:
+            continue
+        f = m["fused"]
+        r_e, r_c = m.get("eager", float("nan")) / f, m.get("compile", float("nan")) / f
+        ok = r_e >= TARGET["eager"] and r_c >= TARGET["compile"]
+        print(
+            f"| {dev} | {crit} | {n} | {c} | {f * 1e6:.1f} | {m.get('eager', float('nan')) * 1e6:.1f} | "
+            f"{m.get('compile', float('nan')) * 1e6:.1f} | {r_e:.2f} | {r_c:.2f} | {'yes' if ok else 'no'} |"
+        )
+    reads = {k: v for k, v in med.items() if k[1] == "read-once"}
+    if reads:
+        print("\n| CUDA read-once N | C | µs |\n|---:|---:|---:|")
+        for (_, _, n, c), m in sorted(reads.items()):
+            print(f"| {n} | {c} | {m['read_once'] * 1e6:.1f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,66 @@
+// CPU exit gate: parallel, vectorised row scores, then a stable compaction.
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "cpu/gate_rows.h"
+#include "eexit.h"
+
+namespace eexit {
+namespace {
+
+// AVX2 kernel when the CPU has it and ATen's capability (ATEN_CPU_CAPABILITY) allows it.
+bool use_avx2() {
+  static const bool ok = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+      return false;
+    const std::string cap = at::get_cpu_capability();
+    return cap == "AVX2" || cap == "AVX512";
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+GateResult exit_gate_cpu(const at::Tensor& logits, double threshold, c10::string_view criterion) {
+  const Criterion crit = parse_criterion(criterion);
+  check_gate_args(logits, threshold, crit);
+  TORCH_CHECK_VALUE(logits.device().is_cpu(), "exit_gate: logits must be on CPU here, got ", logits.device());
+  const at::Tensor x = (logits.stride(1) == 1 || logits.size(1) == 1) ? logits : logits.contiguous();
+  const int64_t N = x.size(0), C = x.size(1);
+  at::Tensor score = at::empty({N}, x.options().dtype(at::kFloat));
+  at::Tensor pred = at::empty({N}, x.options().dtype(at::kLong));
+  const cpu::GateArgs args{x.const_data_ptr(), x.stride(0), C, x.scalar_type(), crit == Criterion::Entropy,
+                           score.mutable_data_ptr<float>(), pred.mutable_data_ptr<int64_t>()};
+  const auto kernel = use_avx2() ? cpu::gate_rows_avx2 : cpu::gate_rows_default;
+  const int64_t grain = std::max<int64_t>(16, ((1 << 13) / C + 15) / 16 * 16);  // ~8K elements a task
+  at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) { kernel(args, b, e); });
+
+  const float thr = static_cast<float>(threshold);
+  const float* sp = score.const_data_ptr<float>();
+  int64_t n_exit = 0;
+  for (int64_t r = 0; r < N; ++r) n_exit += exits(sp[r], thr, crit);
+  at::Tensor exit_idx = at::empty({n_exit}, pred.options());
+  at::Tensor keep_idx = at::empty({N - n_exit}, pred.options());
+  int64_t* ep = exit_idx.mutable_data_ptr<int64_t>();
+  int64_t* kp = keep_idx.mutable_data_ptr<int64_t>();
+  for (int64_t r = 0, e = 0; r < N; ++r) {  // branch-free: exits are unpredictable
+    const bool f = exits(sp[r], thr, crit);
+    *(f ? ep + e : kp + (r - e)) = r;
+    e += f;
+  }
+  return {exit_idx, keep_idx, pred, score};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(eexit, CPU, m) {
+  m.impl("exit_gate", &exit_gate_cpu);
+}
+
+}  // namespace eexit

@@ -1,0 +1,261 @@
+// Row kernel of the exit gate on at::vec, included once per CPU capability
+// (gate_kernel_default.cpp, gate_kernel_avx2.cpp). CPU_CAPABILITY names the
+// namespace so the two instantiations never collide.
+//
+// Per row, in float32, one pass over memory: a running max m, s = sum exp(z - m)
+// and u = sum exp(z - m) * (z - m), rescaled when m grows. Then
+//   confidence = 1 / s,   entropy = log s - u / s   (= log Z - sum p z).
+// d = z - m is clamped at kMinExp, so -inf logits give a tiny normal term
+// (e^-86.5 ~ 3e-38, far below float resolution next to the max's exact 1):
+// no NaN from 0 * -inf and no subnormal arithmetic.
+// A row whose max is +-inf is uniform over the k entries equal to the max
+// (confidence 1/k, entropy log k); a row with a NaN scores NaN and its pred is
+// the first NaN (as torch.argmax).
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "cpu/gate_rows.h"
+
+namespace eexit::cpu {
+namespace CPU_CAPABILITY {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t W = Vec::size();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kMinExp = -86.5f;  // e^kMinExp and the terms it feeds stay normal floats
+constexpr int64_t kSmallC = 32;   // up to this many classes, W rows are processed side by side
+constexpr int64_t kTile = 2048;   // row tile for large C (8 KiB of float: stays in L1)
+
+// s >= 1 (the max contributes exactly 1) and u <= 0, so both scores are in range.
+inline float finish_score(float s, float u, bool entropy) {
+  return entropy ? std::log(s) - u / s : 1.f / s;
+}
+
+// e^d for d in [kMinExp, 0]: d = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so
+// n ln2 is exact), e^r by its degree-6 Taylor polynomial (truncation below 2e-7
+// relative), 2^n written into the exponent bits. Exactly 1 at d = 0.
+inline Vec exp_neg(const Vec& d) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693145751953125f;  // 11 significant bits
+  constexpr float kLn2Lo = 1.42860682030941723e-6f;
+  const Vec n = (d * Vec(kLog2e)).round();
+  const Vec r = at::vec::fmadd(n, Vec(-kLn2Lo), at::vec::fmadd(n, Vec(-kLn2Hi), d));
+  Vec p(1.f / 720.f);
+  p = at::vec::fmadd(p, r, Vec(1.f / 120.f));
+  p = at::vec::fmadd(p, r, Vec(1.f / 24.f));
+  p = at::vec::fmadd(p, r, Vec(1.f / 6.f));
+  p = at::vec::fmadd(p, r, Vec(0.5f));
+  p = at::vec::fmadd(p, r, Vec(1.f));
+  p = at::vec::fmadd(p, r, Vec(1.f));
+  using IVec = at::vec::Vectorized<int32_t>;
+  const IVec bits = (at::vec::convert_to_int_of_same_size(n) + IVec(127)) << IVec(23);
+  return p * at::vec::cast<float>(bits);
+}
+
+inline float uniform_score(int64_t k, bool entropy) {
+  return entropy ? std::log(static_cast<float>(k)) : 1.f / static_cast<float>(k);
+}
+
+// Bit i set where lane i of `mask` (all-ones / zero lanes) is set.
+inline int lanes(const Vec& mask) {
+  return ~mask.zero_mask() & ((1 << W) - 1);
+}
+
+// Lanes where `mask` is clear.
+inline Vec mask_not(const Vec& mask) {
+  return mask == Vec(0.f);
+}
+
+// Loads up to W floats; lanes at or past `count` get `fill`.
+inline Vec load_fill(const float* p, int64_t count, float fill) {
+  return count >= W ? Vec::loadu(p) : Vec::set(Vec(fill), Vec::loadu(p, count), count);
+}
+
+template <typename scalar_t>
+inline void to_float(const scalar_t* src, float* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    std::copy(src, src + n, dst);
+  } else {
+    using RVec = at::vec::Vectorized<scalar_t>;
+    int64_t i = 0;
+    for (; i + RVec::size() <= n; i += RVec::size()) {
+      auto [a, b] = at::vec::convert_to_float<scalar_t>(RVec::loadu(src + i));
+      a.store(dst + i);
+      b.store(dst + i + W);
+    }
+    for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  }
+}
+
+// Small C: W rows side by side, one per lane, so every reduction is vertical.
+template <typename scalar_t, bool kEntropy>
+void gate_small(const GateArgs& a, int64_t r0, int64_t r1) {
+  const auto* x = static_cast<const scalar_t*>(a.data);
+  const int64_t C = a.C;
+  alignas(64) float t[kSmallC * W];
+  alignas(64) float sc[W];
+  alignas(64) float pr[W];
+  for (int64_t r = r0; r < r1; r += W) {
+    const int64_t rows = std::min<int64_t>(W, r1 - r);
+    for (int64_t i = 0; i < W; ++i) {
+      const scalar_t* row = x + (r + std::min(i, rows - 1)) * a.row_stride;
+      for (int64_t c = 0; c < C; ++c) t[c * W + i] = static_cast<float>(row[c]);
+    }
+    // Pass 1: NaN-aware argmax (first maximal index), max and first NaN.
+    Vec m = Vec::loadu(t);
+    Vec arg(0.f), nan_arg(0.f);
+    Vec has_nan = m.isnan();
+    for (int64_t c = 1; c < C; ++c) {
+      const Vec v = Vec::loadu(t + c * W);
+      const Vec ci(static_cast<float>(c));
+      const Vec gt = v > m;
+      m = Vec::blendv(m, v, gt);
+      arg = Vec::blendv(arg, ci, gt);
+      const Vec vn = v.isnan();
+      nan_arg = Vec::blendv(nan_arg, ci, vn & mask_not(has_nan));
+      has_nan = has_nan | vn;
+    }
+    // Pass 2: sums relative to the max (lanes with an infinite max are fixed below).
+    Vec s(0.f), u(0.f);
+    const Vec one(1.f), lo(kMinExp);
+    for (int64_t c = 0; c < C; ++c) {
+      const Vec d = at::vec::clamp_min(Vec::loadu(t + c * W) - m, lo);
+      const Vec e = exp_neg(d);
+      s = s + e;
+      if constexpr (kEntropy) u = at::vec::fmadd(e, d, u);
+    }
+    Vec score;
+    if constexpr (kEntropy) score = s.log() - u / s;
+    else score = s.reciprocal();
+    const Vec inf_max = m.abs() == Vec(kInf);
+    if (lanes(inf_max)) {  // uniform over the k entries equal to the infinite max
+      Vec k(0.f);
+      for (int64_t c = 0; c < C; ++c) k = k + (one & (Vec::loadu(t + c * W) == m));
+      score = Vec::blendv(score, kEntropy ? k.log() : k.reciprocal(), inf_max);
+    }
+    score = Vec::blendv(score, Vec(kNaN), has_nan);
+    score.store(sc);
+    Vec::blendv(arg, nan_arg, has_nan).store(pr);
+    for (int64_t i = 0; i < rows; ++i) {
+      a.score[r + i] = sc[i];
+      a.pred[r + i] = static_cast<int64_t>(pr[i]);
+    }
+  }
+}
+
+// Large C: one row at a time, in tiles that stay in L1.
+template <typename scalar_t, bool kEntropy>
+void gate_large(const GateArgs& a, int64_t r0, int64_t r1) {
+  const auto* x = static_cast<const scalar_t*>(a.data);
+  const int64_t C = a.C;
+  alignas(64) float buf[std::is_same_v<scalar_t, float> ? 1 : kTile];
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* row = x + r * a.row_stride;
+    float m = -kInf, s = 0.f, u = 0.f, score = 0.f;
+    int64_t arg = 0, n_inf = 0;
+    bool done = false;
+    for (int64_t t0 = 0; t0 < C && !done; t0 += kTile) {
+      const int64_t n = std::min(kTile, C - t0);
+      const float* p;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        p = row + t0;
+      } else {
+        to_float(row + t0, buf, n);
+        p = buf;
+      }
+      Vec vmax(-kInf);
+      for (int64_t i = 0; i < n; i += W) vmax = at::vec::maximum(vmax, load_fill(p + i, n - i, -kInf));
+      const float tmax = at::vec::vec_reduce_all<float>(
+          [](Vec& l, Vec& r) { return at::vec::maximum(l, r); }, vmax);
+      if (std::isnan(tmax)) {  // pred: first NaN of the row; this tile holds it
+        for (int64_t i = 0;; i += W) {
+          const int hit = lanes(load_fill(p + i, n - i, 0.f).isnan());
+          if (hit) {
+            arg = t0 + i + __builtin_ctz(hit);
+            break;
+          }
+        }
+        score = kNaN;
+        done = true;
+        break;
+      }
+      if (tmax > m) {  // new running max: first index where it occurs
+        for (int64_t i = 0;; i += W) {
+          const int hit = lanes(load_fill(p + i, n - i, -kInf) == Vec(tmax));
+          if (hit) {
+            arg = t0 + i + __builtin_ctz(hit);
+            break;
+          }
+        }
+        if (s > 0.f) {
+          const float alpha = std::exp(m - tmax);
+          u = alpha * (u + (m - tmax) * s);
+          s *= alpha;
+        }
+        m = tmax;
+      }
+      if (m == kInf) {  // uniform over the +inf entries
+        for (int64_t i = 0; i < n; ++i) n_inf += p[i] == kInf;
+        continue;
+      }
+      if (m == -kInf) continue;  // everything so far is -inf
+      const Vec vm(m), lo(kMinExp);
+      Vec vs(0.f), vu(0.f);  // two accumulators only: more would spill next to exp's constants
+      int64_t i = 0;
+      for (; i + 2 * W <= n; i += 2 * W) {
+        const Vec d0 = at::vec::clamp_min(Vec::loadu(p + i) - vm, lo);
+        const Vec d1 = at::vec::clamp_min(Vec::loadu(p + i + W) - vm, lo);
+        const Vec e0 = exp_neg(d0), e1 = exp_neg(d1);
+        vs = vs + (e0 + e1);
+        if constexpr (kEntropy) vu = at::vec::fmadd(e0, d0, at::vec::fmadd(e1, d1, vu));
+      }
+      for (; i < n; i += W) {
+        const Vec d = at::vec::clamp_min(load_fill(p + i, n - i, -kInf) - vm, lo);
+        const Vec e = exp_neg(d);
+        vs = vs + e;
+        if constexpr (kEntropy) vu = at::vec::fmadd(e, d, vu);
+      }
+      const auto add = [](Vec& l, Vec& r) { return l + r; };
+      s += at::vec::vec_reduce_all<float>(add, vs);
+      if constexpr (kEntropy) u += at::vec::vec_reduce_all<float>(add, vu);
+    }
+    if (!done) {
+      if (m == kInf) score = uniform_score(n_inf, a.entropy);
+      else if (m == -kInf) score = uniform_score(C, a.entropy);
+      else score = finish_score(s, u, kEntropy);
+    }
+    a.score[r] = score;
+    a.pred[r] = arg;
+  }
+}
+
+template <typename scalar_t, bool kEntropy>
+void gate_rows_crit(const GateArgs& a, int64_t begin, int64_t end) {
+  if (a.C <= kSmallC) gate_small<scalar_t, kEntropy>(a, begin, end);
+  else gate_large<scalar_t, kEntropy>(a, begin, end);
+}
+
+template <typename scalar_t>
+void gate_rows_impl(const GateArgs& a, int64_t begin, int64_t end) {
+  if (a.entropy) gate_rows_crit<scalar_t, true>(a, begin, end);
+  else gate_rows_crit<scalar_t, false>(a, begin, end);
+}
+
+inline void gate_rows_dispatch(const GateArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case at::kFloat: return gate_rows_impl<float>(a, begin, end);
+    case at::kHalf: return gate_rows_impl<at::Half>(a, begin, end);
+    case at::kBFloat16: return gate_rows_impl<at::BFloat16>(a, begin, end);
+    default: TORCH_CHECK(false, "exit_gate: unsupported dtype ", a.dtype);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace eexit::cpu

@@ -1,0 +1,37 @@
+// The row kernel for x86-64 CPUs with AVX2, FMA and F16C; chosen at run time.
+// Only this translation unit is compiled for those instructions (the pragma),
+// and at::vec's CPU_CAPABILITY namespace keeps its inline code apart.
+#include "cpu/gate_rows.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC target("avx2,fma,f16c")
+// The pragma enables code generation but not the ISA macros that sleef.h and
+// at::vec test; say what the pragma did.
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#include "cpu/gate_kernel.h"
+
+namespace eexit::cpu {
+void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
+  AVX2::gate_rows_dispatch(args, begin, end);
+}
+}  // namespace eexit::cpu
+#else
+namespace eexit::cpu {
+void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
+  gate_rows_default(args, begin, end);
+}
+}  // namespace eexit::cpu
+#endif

@@ -1,0 +1,270 @@
+// CUDA exit gate: a group of threads per row (one warp, or a whole block when
+// C is large) computes the row's online max / sum-exp / entropy, pred and exit
+// flag; one block then compacts the flags into exit and keep rows, stably.
+// Two launches on the current stream and one device-to-host copy of the count.
+// Semantics match csrc/cpu/gate_kernel.h (see there for the inf and NaN rules).
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "eexit.h"
+
+namespace eexit {
+namespace {
+
+constexpr float kMinExp = -86.5f;  // as the CPU kernel: -inf terms stay tiny normal floats
+constexpr int64_t kNoIndex = INT64_MAX;
+constexpr int kLargeC = 4096;  // from here on a whole block works on a row
+constexpr int kBlockRowThreads = 256;
+constexpr int kScanThreads = 1024;
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Running state of a row (or part of it). s and u are relative to m; k counts the
+// entries equal to m; arg is the first of them; nan is the first NaN.
+struct RowState {
+  float m, s, u;
+  int k;
+  int64_t arg, nan;
+
+  __device__ void init() {
+    m = -INFINITY;
+    s = u = 0.f;
+    k = 0;
+    arg = nan = kNoIndex;
+  }
+
+  __device__ void add(float z, int64_t c) {
+    if (isnan(z)) {
+      nan = min(nan, c);
+      return;
+    }
+    if (z > m) {
+      if (s > 0.f) {  // m finite here
+        const float a = __expf(m - z);
+        u = a * (u + (m - z) * s);
+        s *= a;
+      }
+      m = z;
+      k = 1;
+      arg = c;
+    } else if (z == m) {
+      ++k;
+      arg = min(arg, c);
+    }
+    if (isfinite(m)) {
+      const float d = fmaxf(z - m, kMinExp);
+      const float e = __expf(d);
+      s += e;
+      u = fmaf(e, d, u);
+    }
+  }
+
+  __device__ void merge(RowState o) {
+    nan = min(nan, o.nan);
+    if (o.m > m || (o.m == m && o.arg < arg)) {  // keep the larger max in *this
+      const RowState t = *this;
+      m = o.m, s = o.s, u = o.u, k = o.k, arg = o.arg;
+      o = t;
+    }
+    if (o.m == m) {
+      k += o.k;
+      s += o.s;
+      u += o.u;
+    } else if (o.s > 0.f && isfinite(m)) {
+      const float a = __expf(o.m - m);
+      s += a * o.s;
+      u += a * (o.u + (o.m - m) * o.s);
+    }
+  }
+
+  __device__ RowState shfl_down(int delta) const {
+    RowState o;
+    o.m = __shfl_down_sync(0xffffffffu, m, delta);
+    o.s = __shfl_down_sync(0xffffffffu, s, delta);
+    o.u = __shfl_down_sync(0xffffffffu, u, delta);
+    o.k = __shfl_down_sync(0xffffffffu, k, delta);
+    o.arg = __shfl_down_sync(0xffffffffu, arg, delta);
+    o.nan = __shfl_down_sync(0xffffffffu, nan, delta);
+    return o;
+  }
+};
+
+__device__ __forceinline__ RowState warp_merge(RowState st) {
+  for (int d = 16; d > 0; d >>= 1) st.merge(st.shfl_down(d));
+  return st;  // complete in lane 0
+}
+
+template <typename T>
+__device__ __forceinline__ void scan_row(const T* row, int64_t C, int lane, int lanes, RowState& st) {
+  constexpr int U = 4;  // loads in flight per thread
+  int64_t c = lane;
+  for (; c + (U - 1) * lanes < C; c += U * lanes) {
+    float z[U];
+#pragma unroll
+    for (int j = 0; j < U; ++j) z[j] = to_f(row[c + j * lanes]);
+#pragma unroll
+    for (int j = 0; j < U; ++j) st.add(z[j], c + j * lanes);
+  }
+  for (; c < C; c += lanes) st.add(to_f(row[c]), c);
+}
+
+__device__ __forceinline__ void finish_row(const RowState& st, int64_t C, int64_t r, bool entropy, float thr,
+                                           float* score, int64_t* pred, uint8_t* flag) {
+  float sc;
+  int64_t p = st.arg;
+  if (st.nan != kNoIndex) {
+    sc = NAN;
+    p = st.nan;
+  } else if (isinf(st.m)) {  // uniform over the entries equal to an infinite max
+    const float k = st.m > 0.f ? static_cast<float>(st.k) : static_cast<float>(C);
+    sc = entropy ? logf(k) : 1.f / k;
+    if (st.m < 0.f) p = 0;
+  } else {
+    sc = entropy ? fmaxf(logf(st.s) - st.u / st.s, 0.f) : fminf(1.f / st.s, 1.f);
+  }
+  score[r] = sc;
+  pred[r] = p;
+  flag[r] = entropy ? (sc < thr) : (sc >= thr);
+}
+
+// One warp per row.
+template <typename T>
+__global__ void gate_warp_kernel(const T* __restrict__ x, int64_t N, int64_t C, int64_t row_stride, bool entropy,
+                                 float thr, float* __restrict__ score, int64_t* __restrict__ pred,
+                                 uint8_t* __restrict__ flag) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (r >= N) return;  // whole warps leave together
+  RowState st;
+  st.init();
+  scan_row(x + r * row_stride, C, lane, 32, st);
+  st = warp_merge(st);
+  if (lane == 0) finish_row(st, C, r, entropy, thr, score, pred, flag);
+}
+
+// One block per row, for large C.
+template <typename T>
+__global__ void gate_block_kernel(const T* __restrict__ x, int64_t N, int64_t C, int64_t row_stride, bool entropy,
+                                  float thr, float* __restrict__ score, int64_t* __restrict__ pred,
+                                  uint8_t* __restrict__ flag) {
+  __shared__ RowState part[kBlockRowThreads / 32];
+  const int64_t r = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  RowState st;
+  st.init();
+  scan_row(x + r * row_stride, C, threadIdx.x, blockDim.x, st);
+  st = warp_merge(st);
+  if (lane == 0) part[warp] = st;
+  __syncthreads();
+  if (warp == 0) {
+    if (lane < kBlockRowThreads / 32) st = part[lane];
+    else st.init();
+    st = warp_merge(st);
+    if (lane == 0) finish_row(st, C, r, entropy, thr, score, pred, flag);
+  }
+}
+
+// Stable compaction of flags into exit rows and keep rows, by one block:
+// chunks of blockDim.x rows, a block-wide exclusive scan per chunk.
+__global__ void compact_flags_kernel(const uint8_t* __restrict__ flag, int64_t N, int64_t* __restrict__ exit_rows,
+                                     int64_t* __restrict__ keep_rows, int64_t* __restrict__ n_exit) {
+  __shared__ int warp_sums[kScanThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  int64_t carry = 0;  // exits before this chunk
+  for (int64_t base = 0; base < N; base += blockDim.x) {
+    const int64_t r = base + threadIdx.x;
+    const int f = r < N ? flag[r] : 0;
+    int incl = f;  // inclusive scan within the warp
+    for (int d = 1; d < 32; d <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += v;
+    }
+    if (lane == 31) warp_sums[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int w = lane < n_warps ? warp_sums[lane] : 0;
+      for (int d = 1; d < 32; d <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, w, d);
+        if (lane >= d) w += v;
+      }
+      if (lane < n_warps) warp_sums[lane] = w;  // inclusive over warps
+    }
+    __syncthreads();
+    const int64_t before = carry + (warp > 0 ? warp_sums[warp - 1] : 0) + incl - f;
+    if (r < N) {
+      if (f) exit_rows[before] = r;
+      else keep_rows[r - before] = r;
+    }
+    carry += warp_sums[n_warps - 1];
+    __syncthreads();  // warp_sums is rewritten by the next chunk
+  }
+  if (threadIdx.x == 0) *n_exit = carry;
+}
+
+template <typename T>
+void launch_gate(const at::Tensor& x, bool entropy, float thr, at::Tensor& score, at::Tensor& pred,
+                 at::Tensor& flag, cudaStream_t stream) {
+  const int64_t N = x.size(0), C = x.size(1);
+  const T* data = reinterpret_cast<const T*>(x.const_data_ptr());
+  if (C >= kLargeC) {
+    TORCH_CHECK(N <= INT32_MAX, "exit_gate: too many rows for one launch: ", N);
+    gate_block_kernel<T><<<static_cast<unsigned>(N), kBlockRowThreads, 0, stream>>>(
+        data, N, C, x.stride(0), entropy, thr, score.mutable_data_ptr<float>(), pred.mutable_data_ptr<int64_t>(),
+        flag.mutable_data_ptr<uint8_t>());
+  } else {
+    constexpr int threads = 256;  // 8 rows a block
+    const int64_t blocks = (N * 32 + threads - 1) / threads;
+    TORCH_CHECK(blocks <= INT32_MAX, "exit_gate: too many rows for one launch: ", N);
+    gate_warp_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+        data, N, C, x.stride(0), entropy, thr, score.mutable_data_ptr<float>(), pred.mutable_data_ptr<int64_t>(),
+        flag.mutable_data_ptr<uint8_t>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+GateResult exit_gate_cuda(const at::Tensor& logits, double threshold, c10::string_view criterion) {
+  const Criterion crit = parse_criterion(criterion);
+  check_gate_args(logits, threshold, crit);
+  TORCH_CHECK_VALUE(logits.is_cuda(), "exit_gate: logits must be a CUDA tensor here, got ", logits.device());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor x = (logits.stride(1) == 1 || logits.size(1) == 1) ? logits : logits.contiguous();
+  const int64_t N = x.size(0);
+  const auto opts = x.options();
+  at::Tensor score = at::empty({N}, opts.dtype(at::kFloat));
+  at::Tensor pred = at::empty({N}, opts.dtype(at::kLong));
+  if (N == 0) return {at::empty({0}, pred.options()), at::empty({0}, pred.options()), pred, score};
+  at::Tensor flag = at::empty({N}, opts.dtype(at::kByte));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool entropy = crit == Criterion::Entropy;
+  const float thr = static_cast<float>(threshold);
+  switch (x.scalar_type()) {
+    case at::kFloat: launch_gate<float>(x, entropy, thr, score, pred, flag, stream); break;
+    case at::kHalf: launch_gate<__half>(x, entropy, thr, score, pred, flag, stream); break;
+    default: launch_gate<__nv_bfloat16>(x, entropy, thr, score, pred, flag, stream); break;
+  }
+  // Rows go into one buffer: exits from the front, keeps from position N.
+  at::Tensor rows = at::empty({2 * N + 1}, pred.options());
+  int64_t* rp = rows.mutable_data_ptr<int64_t>();
+  compact_flags_kernel<<<1, kScanThreads, 0, stream>>>(flag.const_data_ptr<uint8_t>(), N, rp, rp + N, rp + 2 * N);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t n_exit = rows[2 * N].item<int64_t>();  // the one device-to-host copy
+  return {rows.narrow(0, 0, n_exit).clone(), rows.narrow(0, N, N - n_exit).clone(), pred, score};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(eexit, CUDA, m) {
+  m.impl("exit_gate", &exit_gate_cuda);
+}
+
+}  // namespace eexit

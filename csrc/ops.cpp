@@ -1,0 +1,18 @@
+// The op schemas, defined once; implementations live in cpu/ and cuda/.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import eexit._C` loads this library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(eexit, m) {
+  m.def(
+      "exit_gate(Tensor logits, float threshold, str criterion=\"confidence\") -> "
+      "(Tensor exit_idx, Tensor keep_idx, Tensor pred, Tensor score)");
+  m.def("compact(Tensor[] tensors, Tensor index) -> Tensor[]");
+}

@@ -1,0 +1,115 @@
+"""eexit's fused ops, backed by the compiled extension ``eexit._C``.
+
+``exit_gate`` and ``compact`` are ``torch.library`` ops (``torch.ops.eexit.*``) with fake
+implementations, so they run under ``torch.compile(fullgraph=True)``. Their semantics are
+defined by :mod:`eexit.reference`. Without a built extension they fall back to the
+reference, with one warning; :func:`has_extension` says which is in use.
+The fused ops are inference-only: they refuse inputs that require grad while grad mode is on.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Sequence
+
+import torch
+
+from eexit import reference
+from eexit._checks import (
+    as_threshold,
+    check_compact_args,
+    check_criterion,
+    check_gate_args,
+    check_logits,
+    row_memory_format,
+)
+from eexit.reference import ExitDecision
+
+__all__ = ["ExitDecision", "compact", "exit_gate", "has_extension"]
+
+try:
+    from eexit import _C  # noqa: F401  (loading it registers torch.ops.eexit)
+
+    _EXTENSION_ERROR = None
+except ImportError as err:  # pragma: no cover - exercised in a subprocess test
+    _EXTENSION_ERROR = err
+    warnings.warn(
+        f"eexit: the compiled extension eexit._C is not available ({err}); eexit.ops uses the "
+        "pure-PyTorch reference instead (correct but slow). Build it with "
+        "`pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_extension() -> bool:
+    """True when eexit.ops runs the compiled extension, False when it falls back to the reference."""
+    return _EXTENSION_ERROR is None
+
+
+def _refuse_grad(op: str, tensors: Sequence[torch.Tensor]) -> None:
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"eexit.ops.{op} is inference-only and got a tensor that requires grad; "
+            f"use eexit.reference.{op} to train, or run under torch.no_grad()/torch.inference_mode()"
+        )
+
+
+def exit_gate(logits: torch.Tensor, threshold: float, criterion: str = "confidence") -> ExitDecision:
+    """Fused exit gate on logits [N, C] (float32/float16/bfloat16, any strides).
+
+    Returns ExitDecision(exit_idx int64 [E], keep_idx int64 [N-E], pred int64 [N], score float32 [N]);
+    see :func:`eexit.reference.exit_gate` for the exact rule and non-finite handling.
+    """
+    if not has_extension():
+        return reference.exit_gate(logits, threshold, criterion)
+    # Types here; shapes, dtypes and ranges in C++ (same messages and exception types).
+    if type(threshold) is not float:
+        threshold = as_threshold(threshold)
+    if type(criterion) is not str:
+        check_criterion(criterion)
+    if not isinstance(logits, torch.Tensor):
+        check_logits(logits)
+    if logits.requires_grad:
+        _refuse_grad("exit_gate", (logits,))
+    return ExitDecision._make(_exit_gate_op(logits, threshold, criterion))
+
+
+def compact(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> List[torch.Tensor]:
+    """Rows ``index`` (int64 [K], on the tensors' device) of every tensor, in one pass.
+
+    Tensors may have any shape (rows on dim 0) and dtype; a contiguous or channels_last
+    input gives an output in the same memory format. Out-of-range indices raise IndexError
+    on CPU and a device-side assert on CUDA.
+    """
+    check_compact_args(tensors, index)
+    if not has_extension():
+        return reference.compact(tensors, index)
+    _refuse_grad("compact", tensors)
+    return torch.ops.eexit.compact.default(list(tensors), index)
+
+
+if has_extension():
+    _exit_gate_op = torch.ops.eexit.exit_gate.default
+
+    @torch.library.register_fake("eexit::exit_gate")
+    def _exit_gate_fake(logits, threshold, criterion="confidence"):
+        check_gate_args(logits, threshold, criterion)
+        n = logits.shape[0]
+        n_exit = torch.library.get_ctx().new_dynamic_size()
+        torch._check(n_exit <= n)
+        idx = dict(dtype=torch.int64, device=logits.device)
+        return (
+            torch.empty((n_exit,), **idx),
+            torch.empty((n - n_exit,), **idx),
+            torch.empty((n,), **idx),
+            torch.empty((n,), dtype=torch.float32, device=logits.device),
+        )
+
+    @torch.library.register_fake("eexit::compact")
+    def _compact_fake(tensors, index):
+        check_compact_args(tensors, index)
+        k = index.shape[0]
+        return [
+            torch.empty((k, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=row_memory_format(t))
+            for t in tensors
+        ]

@@ -1,0 +1,19 @@
+import os
+
+import pytest
+
+
+def pytest_sessionstart(session):
+    """A build that is missing what the run requires fails it at once:
+    EEXIT_REQUIRE_EXTENSION=1 (make test) needs eexit._C, EEXIT_REQUIRE_CUDA_BUILD=1 (CI)
+    needs its CUDA kernels compiled in, even on a machine with no GPU to run them."""
+    import torch
+
+    import eexit
+
+    if os.environ.get("EEXIT_REQUIRE_EXTENSION") == "1" and not eexit.has_extension():
+        pytest.exit("EEXIT_REQUIRE_EXTENSION=1 but eexit._C did not build or load", returncode=3)
+    if os.environ.get("EEXIT_REQUIRE_CUDA_BUILD") == "1":
+        for op in ("exit_gate", "compact"):
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"eexit::{op}", "CUDA"):
+                pytest.exit(f"EEXIT_REQUIRE_CUDA_BUILD=1 but eexit::{op} has no CUDA kernel", returncode=3)

@@ -1,0 +1,38 @@
+"""Shared test helpers: devices, tolerances (the one place they are stated) and inputs."""
+from __future__ import annotations
+
+import os
+import secrets
+
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# Scores are computed in float32 whatever the logits' dtype (fp16/bf16 convert exactly),
+# so one float32-level bound per dtype; the fused CPU path uses a 20-ulp exp.
+SCORE_TOL = {
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-5, rtol=2e-5),
+    torch.bfloat16: dict(atol=2e-5, rtol=2e-5),
+}
+
+
+def new_seed() -> int:
+    """A fresh seed per test (EEXIT_TEST_SEED replays one); tests put it in their messages."""
+    return int(os.environ.get("EEXIT_TEST_SEED", secrets.randbits(31)))
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_logits(n: int, c: int, dtype: torch.dtype, device: str, gen: torch.Generator) -> torch.Tensor:
+    """Logits [n, c] with a random temperature per row: some rows peaked, some flat."""
+    scale = torch.rand(n, 1, generator=gen) * 8
+    x = torch.randn(n, c, generator=gen) * scale
+    return x.to(dtype=dtype, device=device)
+
+
+def passes(score: torch.Tensor, threshold: float, criterion: str) -> torch.Tensor:
+    return score >= threshold if criterion == "confidence" else score < threshold
