@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+# Rebuilt when a source or the EEXIT_CUDA choice changes.
+BUILT := $(VENV)/.eexit-built-cuda$(EEXIT_CUDA)
+SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
 .PHONY: demo test bench build
 
@@ -13,8 +16,12 @@ $(STAMP): requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-build: $(STAMP)
+build: $(BUILT)
+
+$(BUILT): $(STAMP) $(SOURCES)
+	rm -f $(VENV)/.eexit-built-cuda*
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
 
 demo: build
 	$(PY) -m eexit demo
@@ -26,6 +33,5 @@ test: build
 bench: build
 	mkdir -p benchmarks/results
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-json=benchmarks/results/latest.json
-	@echo "copy the table into benchmarks/results/<name>-<device>-<date>.md"
 	$(PY) benchmarks/report.py benchmarks/results/latest.json
 	@echo "copy the table into benchmarks/results/<name>-<device>-<date>.md"
