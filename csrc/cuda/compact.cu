@@ -14,7 +14,7 @@
 namespace eexit {
 namespace {
 
-constexpr int kMaxTensors = 16;
+constexpr int kMaxTensors = 64;  // 64 * 32 bytes of kernel parameters, well under the 4 KiB limit
 constexpr int kThreads = 256;
 
 struct RowCopies {
