@@ -1,0 +1,98 @@
+"""Conv -> BatchNorm -> ReLU stacks with MSDNet's layout (``net.{0,1,3,4}`` keys)."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eexit.nn.backend import FusedModule, memory_format_of
+from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
+
+
+def triton_supports(conv: nn.Conv2d) -> bool:
+    """Whether the Triton conv kernel covers this conv's geometry."""
+    return (
+        conv.kernel_size in ((1, 1), (3, 3)) and conv.stride in ((1, 1), (2, 2))
+        and conv.padding[0] == conv.padding[1] and conv.dilation == (1, 1) and conv.groups == 1
+    )
+
+
+class ConvStack(FusedModule):
+    """Base of the modules whose ``net`` is a sequence of Conv2d -> BatchNorm2d -> ReLU units."""
+
+    net: nn.Sequential
+
+    def units(self) -> List[Tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        return [(m, self.net[i + 1]) for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C_in, H, W] -> [N, C_out, H', W'], in x's memory format and dtype."""
+        path = self._path(x)
+        if path == "reference":
+            return self.net(x)
+        units = self.units()
+        with torch.no_grad():
+            if path == "triton" and all(triton_supports(c) for c, _ in units):
+                return self._triton(x, units)
+            for i, (conv, bn) in enumerate(units):
+                w, b = self._fold.get(f"conv{i}:{x.dtype}", [conv.weight, *bn_sources(bn)],
+                                      lambda conv=conv, bn=bn: fold_conv_bn(conv, bn, x.dtype))
+                x = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups).relu_()
+            return x
+
+    def _triton(self, x: torch.Tensor, units) -> torch.Tensor:
+        from eexit import kernels
+
+        fmt = memory_format_of(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        params = [
+            self._fold.get(f"triton{i}:{x.dtype}", [conv.weight, *bn_sources(bn)],
+                           lambda conv=conv, bn=bn: (conv.weight.to(x.dtype), *bn_affine(bn, conv.bias)))
+            for i, (conv, bn) in enumerate(units)
+        ]
+        first, last = units[0][0], units[-1][0]
+        if len(units) == 2 and first.kernel_size == (1, 1) and first.stride == (1, 1) and first.padding == (0, 0) \
+                and last.kernel_size == (3, 3) and last.padding == (1, 1):
+            (w1, s1, b1), (w2, s2, b2) = params
+            y = kernels.bottleneck_nhwc(x, w1, s1, b1, w2, s2, b2, stride=last.stride[0])
+        else:
+            y = x
+            for (conv, _), (w, s, b) in zip(units, params):
+                y = kernels.conv2d_nhwc(y, w, s, b, stride=conv.stride[0], padding=conv.padding[0], relu=True)
+        return y.contiguous(memory_format=fmt)
+
+
+class ConvBNReLU(ConvStack):
+    """Conv2d (no bias) -> BatchNorm2d -> ReLU: MSDNet's ConvBasic (keys ``net.0``, ``net.1``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, backend: str = "auto") -> None:
+        super().__init__(backend)
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class BottleneckConv(ConvStack):
+    """MSDNet's ConvBN: with ``bottleneck``, a 1x1 conv to ``min(in_channels, bn_width * out_channels)``
+    + BN + ReLU, then a 3x3 conv (stride 1 for kind "normal", 2 for "down", padding 1) + BN + ReLU.
+    Keys ``net.{0,1,3,4}`` with the bottleneck, ``net.{0,1}`` without."""
+
+    def __init__(self, in_channels: int, out_channels: int, kind: str = "normal", bottleneck: bool = True,
+                 bn_width: int = 4, backend: str = "auto") -> None:
+        super().__init__(backend)
+        if kind not in ("normal", "down"):
+            raise ValueError(f"kind must be 'normal' or 'down', got {kind!r}")
+        layers: List[nn.Module] = []
+        inner = in_channels
+        if bottleneck:
+            inner = min(in_channels, bn_width * out_channels)
+            layers += [nn.Conv2d(in_channels, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(inplace=True)]
+        stride = 1 if kind == "normal" else 2
+        layers += [nn.Conv2d(inner, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels),
+                   nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)

@@ -1,0 +1,109 @@
+"""DenseNet-BC dense block: every layer reads the concatenation of everything before it."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eexit.nn.backend import FusedModule, memory_format_of
+from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-Conv1x1(bn_size * growth)-BN-ReLU-Conv3x3(growth) (torchvision's names)."""
+
+    def __init__(self, in_channels: int, growth_rate: int, bn_size: int) -> None:
+        super().__init__()
+        inner = bn_size * growth_rate
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_channels, inner, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(inner)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(inner, growth_rate, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+
+
+class DenseConcatBlock(FusedModule):
+    """``num_layers`` DenseNet-BC layers; returns [N, in_channels + num_layers * growth_rate, H, W].
+
+    The reference concatenates with ``torch.cat`` at every layer (O(L^2) bytes copied). The fused
+    paths write each layer's output into its channel slice of one preallocated buffer: on CPU the
+    pre-activation goes into one reused scratch and BN2 is folded into conv1; with Triton the
+    BN-ReLU prologue, folded BN2 + ReLU and the 3x3 conv run in two kernel launches per layer.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, num_layers: int, bn_size: int = 4,
+                 backend: str = "auto") -> None:
+        super().__init__(backend)
+        if min(in_channels, growth_rate, num_layers, bn_size) < 1:
+            raise ValueError("in_channels, growth_rate, num_layers and bn_size must all be >= 1")
+        self.in_channels, self.growth_rate = in_channels, growth_rate
+        self.layers = nn.ModuleList(
+            DenseLayer(in_channels + i * growth_rate, growth_rate, bn_size) for i in range(num_layers)
+        )
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels + len(self.layers) * self.growth_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, in_channels, H, W] -> [N, out_channels, H, W], in x's memory format and dtype."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"DenseConcatBlock: expected input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        path = self._path(x)
+        if path == "reference":
+            features = [x]
+            for layer in self.layers:
+                features.append(layer(torch.cat(features, 1)))
+            return torch.cat(features, 1)
+        with torch.no_grad():
+            return self._triton(x) if path == "triton" else self._torch(x)
+
+    def _buffer(self, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+        n, c0, h, w = x.shape
+        buf = torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        buf[:, :c0].copy_(x)
+        return buf
+
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = memory_format_of(x)
+        buf = self._buffer(x, fmt)
+        n, c0, h, w = x.shape
+        g, dt = self.growth_rate, x.dtype
+        scratch = torch.empty(n * (self.out_channels - g) * h * w, dtype=dt, device=x.device)
+        for i, layer in enumerate(self.layers):
+            c = c0 + i * g
+            s1, b1 = self._fold.get(f"pre{i}:{dt}", bn_sources(layer.norm1),
+                                    lambda l=layer: [t.to(dt).view(1, -1, 1, 1) for t in bn_affine(l.norm1)])
+            w1, bias1 = self._fold.get(f"conv1_{i}:{dt}", [layer.conv1.weight, *bn_sources(layer.norm2)],
+                                       lambda l=layer: fold_conv_bn(l.conv1, l.norm2, dt))
+            w2 = self._fold.get(f"conv2_{i}:{dt}", [layer.conv2.weight], lambda l=layer: l.conv2.weight.to(dt))
+            pre = scratch[: n * c * h * w]  # a dense [N, c, H, W] view of the reused scratch
+            pre = pre.view(n, h, w, c).permute(0, 3, 1, 2) if fmt == torch.channels_last else pre.view(n, c, h, w)
+            torch.addcmul(b1, buf[:, :c], s1, out=pre).relu_()
+            y = F.conv2d(pre, w1, bias1).relu_()
+            buf[:, c: c + g].copy_(F.conv2d(y, w2, None, padding=1))
+        return buf
+
+    def _triton(self, x: torch.Tensor) -> torch.Tensor:
+        from eexit import kernels
+
+        fmt = memory_format_of(x)
+        buf = self._buffer(x, torch.channels_last)
+        g, dt = self.growth_rate, x.dtype
+        for i, layer in enumerate(self.layers):
+            c = self.in_channels + i * g
+            s1, b1, w1, s2, b2, w2, one, zero = self._fold.get(
+                f"triton{i}:{dt}",
+                [layer.conv1.weight, layer.conv2.weight, *bn_sources(layer.norm1), *bn_sources(layer.norm2)],
+                lambda l=layer: (
+                    *bn_affine(l.norm1), l.conv1.weight.to(dt), *bn_affine(l.norm2), l.conv2.weight.to(dt),
+                    torch.ones(g, device=x.device), torch.zeros(g, device=x.device),
+                ),
+            )
+            kernels.bottleneck_nhwc(buf, w1, s2, b2, w2, one, zero, relu1=True, relu2=False, out=buf,
+                                    c_in0=0, c_out0=c, in_scale=s1, in_shift=b1)
+        return buf.contiguous(memory_format=fmt)
