@@ -1,0 +1,459 @@
+"""MSDNet (Huang et al., "Multi-Scale Dense Networks for Resource Efficient Image Classification",
+ICLR 2018, arXiv 1703.09844), with the state_dict of the official PyTorch code, key for key
+(github.com/kalviny/MSDNet-PyTorch, ``models/msdnet.py``; hyperparameters as in ``args.py``/``main.py``).
+
+Module tree and keys (b: block, l: position in the block, s: scale, k: exit):
+
+* ``blocks.{b}``: :class:`MSDBlock`, an ``nn.Sequential`` of [stem (block 0 only), then
+  :class:`MSDLayer` and :class:`MSDTransition` in order].
+* ``blocks.0.0.layers.{s}``: the stem (official ``MSDNFirstLayer``). Scale 0 is a 3x3
+  :class:`~eexit.nn.ConvBNReLU` on CIFAR (``.net.{0,1}``), or on ImageNet a plain ``nn.Sequential``
+  of a 7x7 stride-2 conv *with bias*, BN, ReLU, 3x3 stride-2 max-pool (``.0.weight``, ``.0.bias``,
+  ``.1.*``); each coarser scale is a 3x3 stride-2 ConvBNReLU of the previous one.
+* ``blocks.{b}.{l}.layers.{j}``: :class:`ScaleConv` (official ``ConvNormal`` / ``ConvDownNormal``),
+  with ``conv_down`` (if any) and ``conv_normal``, each a :class:`~eexit.nn.BottleneckConv`
+  (official ``ConvBN``, ``.net.{0,1,3,4}``).
+* ``blocks.{b}.{l}.m.{j}.net.{0,1}``: transition 1x1 ConvBNReLU (official ``ParallelModule`` of ``ConvBasic``).
+* ``classifier.{k}.m.{0,1}.net.{0,1}``: two 3x3 stride-2 ConvBNReLU, ``m.2`` AvgPool2d(2),
+  ``classifier.{k}.linear``.
+
+Forward semantics match the official code: ``model(x)`` returns every exit's logits. The same
+model is exposed stage by stage through :meth:`MSDNet.exit_stages` for a real early-exit runner.
+
+Weight initialisation is PyTorch's default everywhere. The official ``_init_weights`` loop only
+visits the direct children of each block (MSDNFirstLayer, MSDNLayer, ...) and each
+ClassifierModule, none of which is a Conv2d/BatchNorm2d/Linear, so it changes nothing there either.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from eexit.nn import BottleneckConv, ConvBNReLU, set_backend
+from eexit.nn.backend import check_backend
+
+Features = List[torch.Tensor]
+DATASETS = ("cifar", "imagenet")
+STEP_MODES = ("even", "lin_grow")
+PRUNE_RULES = ("max", "min")
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+# ----------------------------------------------------------------------------------------------
+
+class MSDStem(nn.Module):
+    """First layer (official ``MSDNFirstLayer``): image [N, 3, H, W] -> one map per scale.
+
+    CIFAR: scale 0 is a 3x3 ConvBNReLU, [N, c_0, H, W]. ImageNet: conv 7x7 stride 2 (bias) + BN +
+    ReLU + max-pool 3x3 stride 2 pad 1, [N, c_0, H/4, W/4]. Scale s >= 1: a 3x3 stride-2 ConvBNReLU
+    of scale s - 1, c_s = n_channels * gr_factor[s] channels.
+    """
+
+    def __init__(self, n_channels: int, gr_factor: Sequence[int], dataset: str, backend: str = "auto") -> None:
+        super().__init__()
+        widths = [n_channels * g for g in gr_factor]
+        if dataset == "cifar":
+            first: nn.Module = ConvBNReLU(3, widths[0], 3, 1, 1, backend=backend)
+        else:
+            first = nn.Sequential(
+                nn.Conv2d(3, widths[0], 7, 2, 3),
+                nn.BatchNorm2d(widths[0]),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        self.layers = nn.ModuleList(
+            [first] + [ConvBNReLU(widths[s - 1], widths[s], 3, 2, 1, backend=backend) for s in range(1, len(widths))]
+        )
+
+    def forward(self, x: torch.Tensor) -> Features:
+        """x [N, 3, H, W] -> [scale 0, scale 1, ...], each [N, c_s, H_s, W_s]."""
+        out = []
+        for layer in self.layers:
+            x = layer(x)
+            out.append(x)
+        return out
+
+
+class ScaleConv(nn.Module):
+    """One scale of an MSD layer (official ``ConvDownNormal``, or ``ConvNormal`` without a finer input).
+
+    With a finer input: ``cat([same, conv_down(finer), conv_normal(same)], 1)``, each conv giving
+    ``growth // 2`` channels (conv_down has stride 2). Without: ``cat([same, conv_normal(same)], 1)``,
+    conv_normal giving ``growth`` channels.
+    """
+
+    def __init__(self, in_same: int, in_finer: Optional[int], growth: int, bottleneck: bool,
+                 bn_same: int, bn_finer: int, backend: str = "auto") -> None:
+        super().__init__()
+        if in_finer is None:
+            self.conv_normal = BottleneckConv(in_same, growth, "normal", bottleneck, bn_same, backend=backend)
+            self.conv_down = None
+        else:  # conv_down first: the official registration (and state_dict) order
+            self.conv_down = BottleneckConv(in_finer, growth // 2, "down", bottleneck, bn_finer, backend=backend)
+            self.conv_normal = BottleneckConv(in_same, growth // 2, "normal", bottleneck, bn_same, backend=backend)
+
+    def forward(self, same: torch.Tensor, finer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """same [N, C, H, W], finer [N, C_f, 2H, 2W] (required iff conv_down) -> [N, C + growth, H, W]."""
+        if (finer is None) != (self.conv_down is None):
+            raise ValueError("ScaleConv: pass the finer-scale input exactly when the unit has conv_down")
+        if self.conv_down is None:
+            return torch.cat([same, self.conv_normal(same)], 1)
+        return torch.cat([same, self.conv_down(finer), self.conv_normal(same)], 1)
+
+
+class MSDLayer(nn.Module):
+    """One MSDNet layer (official ``MSDNLayer``): in_scales maps -> out_scales maps (the coarsest ones).
+
+    Scale s (offset <= s < n_scales, offset = n_scales - out_scales) gains ``growth_rate * gr_factor[s]``
+    channels. When a scale is dropped (in_scales = out_scales + 1) the first output scale also reads
+    the dropped, finer map through a strided conv.
+    """
+
+    def __init__(self, n_in: int, growth_rate: int, gr_factor: Sequence[int], bn_factor: Sequence[int],
+                 bottleneck: bool, in_scales: int, out_scales: int, backend: str = "auto") -> None:
+        super().__init__()
+        n_scales = len(gr_factor)
+        if not 1 <= out_scales <= in_scales <= min(n_scales, out_scales + 1):
+            raise ValueError(f"MSDLayer: need 1 <= out_scales <= in_scales <= out_scales + 1 <= n_scales + 1, "
+                             f"got in_scales={in_scales}, out_scales={out_scales}, n_scales={n_scales}")
+        self.in_scales, self.out_scales = in_scales, out_scales
+        self.discard = in_scales - out_scales
+        offset = n_scales - out_scales
+        units = []
+        for s in range(offset, n_scales):
+            has_finer = s > offset or self.discard > 0
+            units.append(ScaleConv(
+                n_in * gr_factor[s], n_in * gr_factor[s - 1] if has_finer else None, growth_rate * gr_factor[s],
+                bottleneck, bn_factor[s], bn_factor[s - 1] if has_finer else 1, backend=backend,
+            ))
+        self.layers = nn.ModuleList(units)
+
+    def forward(self, x: Features) -> Features:
+        """in_scales maps (finest first) -> out_scales maps, each with growth_rate * gr_factor[s] more channels."""
+        if len(x) != self.in_scales:
+            raise ValueError(f"MSDLayer: expected {self.in_scales} scales, got {len(x)}")
+        d = self.discard
+        return [unit(x[j + d], x[j + d - 1] if j + d > 0 else None) for j, unit in enumerate(self.layers)]
+
+
+class MSDTransition(nn.Module):
+    """Transition (official ``ParallelModule`` of 1x1 ``ConvBasic``): scale s goes from
+    ``n_in * gr_factor[s]`` to ``n_out * gr_factor[s]`` channels, each scale on its own."""
+
+    def __init__(self, n_in: int, n_out: int, scale_factors: Sequence[int], backend: str = "auto") -> None:
+        super().__init__()
+        self.m = nn.ModuleList(ConvBNReLU(n_in * g, n_out * g, 1, 1, 0, backend=backend) for g in scale_factors)
+
+    def forward(self, x: Features) -> Features:
+        """len(m) maps [N, n_in * g_s, H_s, W_s] -> [N, n_out * g_s, H_s, W_s]."""
+        if len(x) != len(self.m):
+            raise ValueError(f"MSDTransition: expected {len(self.m)} scales, got {len(x)}")
+        return [conv(t) for conv, t in zip(self.m, x)]
+
+
+class MSDBlock(nn.Sequential):
+    """The layers between two exits (one stage): [stem,] MSDLayer / MSDTransition ...
+
+    Input: the image [N, 3, H, W] for block 0, else the previous block's maps; output: the list of
+    per-scale maps [N, C_s, H_s, W_s] (finest remaining scale first).
+    """
+
+
+class MSDClassifier(nn.Module):
+    """Exit head (official ``ClassifierModule``): reads the coarsest scale, two 3x3 stride-2
+    ConvBNReLU (in -> hidden -> hidden), AvgPool2d(2), flatten, Linear(hidden, num_classes).
+    The coarsest map must be 5..8 px (CIFAR 32 px: 8x8; ImageNet 224 px: 7x7) so that 1x1 remains."""
+
+    def __init__(self, in_channels: int, hidden: int, num_classes: int, backend: str = "auto") -> None:
+        super().__init__()
+        self.m = nn.Sequential(
+            ConvBNReLU(in_channels, hidden, 3, 2, 1, backend=backend),
+            ConvBNReLU(hidden, hidden, 3, 2, 1, backend=backend),
+            nn.AvgPool2d(2),
+        )
+        self.linear = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Union[Features, torch.Tensor]) -> torch.Tensor:
+        """Per-scale maps (uses the last, coarsest) or that map alone -> logits [N, num_classes]."""
+        if not isinstance(x, torch.Tensor):
+            x = x[-1]
+        return self.linear(self.m(x).flatten(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule: layers per block, scales per layer, transitions
+# ----------------------------------------------------------------------------------------------
+
+def block_steps(n_blocks: int, base: int, step: int, step_mode: str) -> List[int]:
+    """Layers per block: ``base`` first, then ``step`` ('even') or ``step * b + 1`` ('lin_grow') for block b >= 1."""
+    return [base] + [step if step_mode == "even" else step * b + 1 for b in range(1, n_blocks)]
+
+
+def layer_scales(layer: int, n_layers: int, n_scales: int, prune: str) -> Tuple[int, int]:
+    """(in_scales, out_scales) of layer ``layer`` (1-based, counted over the whole network).
+
+    'max': the finest scale is dropped every ceil(n_layers / n_scales) layers;
+    'min': scales are dropped only near the end, so that the last layer keeps one.
+    """
+    if prune == "min":
+        return min(n_scales, n_layers - layer + 2), min(n_scales, n_layers - layer + 1)
+    interval = math.ceil(n_layers / n_scales)
+    return n_scales - max(0, layer - 2) // interval, n_scales - (layer - 1) // interval
+
+
+# ----------------------------------------------------------------------------------------------
+# the network
+# ----------------------------------------------------------------------------------------------
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"MSDNet: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _factor_list(name: str, value: object) -> List[int]:
+    if isinstance(value, str):  # the official command-line form, e.g. "1-2-4"
+        try:
+            value = [int(v) for v in value.split("-")]
+        except ValueError:
+            raise ValueError(f"MSDNet: {name} must be a list of ints >= 1 or a string like '1-2-4', got {value!r}")
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"MSDNet: {name} must be a non-empty list of ints >= 1, got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"MSDNet: {name} must be a non-empty list of ints >= 1, got {value!r}")
+    return list(value)
+
+
+class MSDNet(nn.Module):
+    """Multi-Scale Dense Network; hyperparameters one to one with the official ``args``.
+
+    Args (official name in brackets):
+        n_blocks (nBlocks): number of blocks = number of exits.
+        n_channels (nChannels): stem width at scale 0; scale s has ``n_channels * gr_factor[s]``.
+        base (base): layers in block 0.
+        step (step), step_mode (stepmode): layers in block b >= 1: ``step`` ('even') or
+            ``step * b + 1`` ('lin_grow').
+        growth_rate (growthRate): channels added per layer at scale 0 (``growth_rate * gr_factor[s]`` at s).
+        gr_factor (grFactor), bn_factor (bnFactor): per-scale width / bottleneck factors; lists or
+            the official strings like ``"1-2-4"``. ``n_scales = len(gr_factor)``.
+        bottleneck (bottleneck): 1x1 bottleneck (width ``min(in, bn_factor[s] * out)``) before each 3x3.
+        prune (prune): 'max' or 'min' scale-dropping rule (see :func:`layer_scales`).
+        reduction (reduction): transitions compress the base width to ``floor(reduction * n_in)``
+            (inserted after each scale drop for 'max', at 1/3 and 2/3 of the layers for 'min'); 0: none.
+        num_classes: classes (the official code takes 10 / 100 / 1000 from the data set name).
+        dataset: 'cifar' (3x3 stem, 128-wide classifiers, 32 px) or 'imagenet' (7x7 stem, classifiers
+            as wide as their input, 224 px).
+        backend: eexit backend of every ConvBNReLU / BottleneckConv (see :mod:`eexit.nn.backend`).
+    """
+
+    def __init__(self, n_blocks: int, n_channels: int, base: int, step: int, step_mode: str, growth_rate: int,
+                 gr_factor: Sequence[int], bn_factor: Sequence[int], *, num_classes: int, dataset: str,
+                 bottleneck: bool = True, prune: str = "max", reduction: float = 0.5,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        _positive_int("n_blocks", n_blocks)
+        _positive_int("n_channels", n_channels)
+        _positive_int("base", base)
+        if step_mode not in STEP_MODES:
+            raise ValueError(f"MSDNet: step_mode must be one of {STEP_MODES}, got {step_mode!r}")
+        _positive_int("step", step, 1 if step_mode == "even" else 0)
+        _positive_int("growth_rate", growth_rate)
+        gr_factor, bn_factor = _factor_list("gr_factor", gr_factor), _factor_list("bn_factor", bn_factor)
+        if len(bn_factor) != len(gr_factor):
+            raise ValueError(f"MSDNet: bn_factor needs one entry per scale (len(gr_factor) = {len(gr_factor)}), "
+                             f"got {bn_factor}")
+        odd = [s for s in range(1, len(gr_factor)) if growth_rate * gr_factor[s] % 2]
+        if odd:
+            raise ValueError(f"MSDNet: growth_rate * gr_factor[s] must be even for s >= 1 (split between the "
+                             f"strided and the normal conv), odd at scales {odd}")
+        if not isinstance(bottleneck, bool):
+            raise ValueError(f"MSDNet: bottleneck must be a bool, got {bottleneck!r}")
+        if prune not in PRUNE_RULES:
+            raise ValueError(f"MSDNet: prune must be one of {PRUNE_RULES}, got {prune!r}")
+        if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not 0 <= reduction <= 1:
+            raise ValueError(f"MSDNet: reduction must be a number in [0, 1], got {reduction!r}")
+        _positive_int("num_classes", num_classes)
+        if dataset not in DATASETS:
+            raise ValueError(f"MSDNet: dataset must be one of {DATASETS}, got {dataset!r}")
+        check_backend(backend)
+
+        self.config: Dict[str, Any] = dict(
+            n_blocks=n_blocks, n_channels=n_channels, base=base, step=step, step_mode=step_mode,
+            growth_rate=growth_rate, gr_factor=gr_factor, bn_factor=bn_factor, bottleneck=bottleneck,
+            prune=prune, reduction=reduction, num_classes=num_classes, dataset=dataset,
+        )
+        self.n_blocks, self.n_scales, self.num_classes = n_blocks, len(gr_factor), num_classes
+        self.steps = block_steps(n_blocks, base, step, step_mode)
+        n_layers = sum(self.steps)
+
+        self.blocks = nn.ModuleList()
+        self.classifier = nn.ModuleList()
+        n_in, layer = n_channels, 0
+        for n_steps in self.steps:
+            units: List[nn.Module] = [MSDStem(n_channels, gr_factor, dataset, backend)] if layer == 0 else []
+            for _ in range(n_steps):
+                layer += 1
+                in_scales, out_scales = layer_scales(layer, n_layers, self.n_scales, prune)
+                units.append(MSDLayer(n_in, growth_rate, gr_factor, bn_factor, bottleneck, in_scales, out_scales,
+                                      backend))
+                n_in += growth_rate
+                if prune == "max":
+                    transition = in_scales > out_scales and reduction > 0
+                else:
+                    transition = reduction > 0 and layer in (n_layers // 3, 2 * n_layers // 3)
+                if transition:
+                    n_out = math.floor(reduction * n_in)
+                    if n_out < 1:
+                        raise ValueError(f"MSDNet: reduction={reduction} leaves no channels at layer {layer} "
+                                         f"(floor({reduction} * {n_in}) = 0)")
+                    units.append(MSDTransition(n_in, n_out, gr_factor[self.n_scales - out_scales:], backend))
+                    n_in = n_out
+            self.blocks.append(MSDBlock(*units))
+            c_last = n_in * gr_factor[-1]
+            hidden = 128 if dataset == "cifar" else c_last
+            self.classifier.append(MSDClassifier(c_last, hidden, num_classes, backend))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+    def exit_stages(self) -> Tuple[List[nn.Module], List[nn.Module]]:
+        """(stages, exits), one of each per exit: stage 0 maps the image [N, 3, H, W] and stage k >= 1
+        the previous stage's list of per-scale maps to a list of per-scale maps; exit k maps stage k's
+        list to logits [N, num_classes]. ``forward`` is exactly this loop."""
+        return list(self.blocks), list(self.classifier)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """x [N, 3, H, W] -> logits of every exit, n_blocks tensors [N, num_classes] (official semantics)."""
+        stages, exits = self.exit_stages()
+        feats: Union[torch.Tensor, Features] = x
+        logits = []
+        for stage, head in zip(stages, exits):
+            feats = stage(feats)
+            logits.append(head(feats))
+        return logits
+
+    def set_backend(self, backend: str) -> "MSDNet":
+        """Sets ``backend`` on every eexit module of the network; returns self."""
+        return set_backend(self, backend)
+
+    # -- official checkpoints ------------------------------------------------------------------
+
+    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> "MSDNet":
+        """Loads an official state_dict (keys with or without DataParallel's ``module.`` prefix).
+
+        Missing ``num_batches_tracked`` buffers (checkpoints from PyTorch < 0.4.1) keep their value;
+        any other missing or unexpected key, or a shape mismatch, raises ValueError naming the first
+        offending keys with expected / got shapes, and nothing is loaded. Returns self.
+        """
+        state = strip_prefix(state_dict)
+        expected = self.state_dict()
+        missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state if k not in expected]
+        mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or mismatched:
+            def shape(t: torch.Tensor) -> str:
+                return str(tuple(t.shape))
+
+            lines = [f"MSDNet.load_official: the state_dict does not match MSDNet({self.extra_repr()})"]
+            for title, keys, describe in (
+                ("missing keys", missing, lambda k: f"{k} (expected {shape(expected[k])})"),
+                ("unexpected keys", unexpected, lambda k: f"{k} (got {shape(state[k])})"),
+                ("shape mismatches", mismatched,
+                 lambda k: f"{k}: expected {shape(expected[k])}, got {shape(state[k])}"),
+            ):
+                if keys:
+                    more = f", {len(keys) - 5} more" if len(keys) > 5 else ""
+                    lines.append(f"  {len(keys)} {title}{more}: " + "; ".join(describe(k) for k in keys[:5]))
+            raise ValueError("\n".join(lines))
+        self.load_state_dict(state, strict=False)
+        return self
+
+    @classmethod
+    def load_official(cls, source: Union[str, os.PathLike, Mapping[str, Any]], *, preset: Optional[str] = None,
+                      map_location: Union[str, torch.device] = "cpu", **config: Any) -> "MSDNet":
+        """Builds an MSDNet and loads weights saved by the official code; returns it in eval mode.
+
+        source: a path to a file saved by the official ``main.py`` (``{'state_dict': ..., 'epoch': ...,
+            'best_prec1': ..., 'optimizer': ...}``, keys prefixed ``module.``; read with
+            ``torch.load(weights_only=True)``), such a dict, or a bare state_dict.
+        preset: a name in :data:`PRESETS` ('cifar_anytime', 'cifar_budgeted', 'imagenet_step4',
+            'imagenet_step6', 'imagenet_step7'); ``config`` then holds that preset's keyword arguments
+            (num_classes, backend). Without a preset ``config`` is the :class:`MSDNet` constructor's.
+        Mismatches raise ValueError (see :meth:`load_official_state_dict`).
+        """
+        if isinstance(source, (str, os.PathLike)):
+            source = torch.load(source, map_location=map_location, weights_only=True)
+        if not isinstance(source, Mapping):
+            raise ValueError(f"MSDNet.load_official: expected a state_dict or a checkpoint dict, "
+                             f"got {type(source).__name__}")
+        state = source.get("state_dict", source)
+        if not isinstance(state, Mapping):
+            raise ValueError("MSDNet.load_official: the checkpoint's 'state_dict' entry is not a mapping")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"MSDNet.load_official: unknown preset {preset!r}; one of {sorted(PRESETS)}")
+            model = PRESETS[preset](**config)
+        else:
+            model = cls(**config)
+        return model.load_official_state_dict(state).eval()
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> Dict[str, Any]:
+    """The state_dict with ``prefix`` (DataParallel's ``module.``) removed from the keys that carry it."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# presets
+# ----------------------------------------------------------------------------------------------
+
+def msdnet_cifar_anytime(num_classes: int = 100, backend: str = "auto") -> MSDNet:
+    """CIFAR anytime-prediction MSDNet: 7 blocks of 4, 2, 2, ... layers (16 in all), 3 scales.
+
+    nBlocks 7, stepmode even, step 2, base 4, nChannels 16: the official README's CIFAR-100 anytime
+    command; growthRate 6, grFactor / bnFactor 1-2-4, prune max, reduction 0.5, bottleneck on:
+    ``args.py`` defaults (the paper's 16/32/64 stem channels and growth 6/12/24 per scale).
+    """
+    return MSDNet(7, 16, 4, 2, "even", 6, [1, 2, 4], [1, 2, 4], num_classes=num_classes, dataset="cifar",
+                  backend=backend)
+
+
+def msdnet_cifar_budgeted(num_classes: int = 100, backend: str = "auto") -> MSDNet:
+    """CIFAR budgeted-batch MSDNet: 5 blocks of 1, 2, 3, 4, 5 layers (15 in all), 3 scales.
+
+    nBlocks 5, stepmode lin_grow, step 1, base 1, nChannels 16: the official README's CIFAR-100
+    "efficient batch computation" command; everything else as :func:`msdnet_cifar_anytime`.
+    """
+    return MSDNet(5, 16, 1, 1, "lin_grow", 6, [1, 2, 4], [1, 2, 4], num_classes=num_classes, dataset="cifar",
+                  backend=backend)
+
+
+def msdnet_imagenet(step: int = 4, num_classes: int = 1000, backend: str = "auto") -> MSDNet:
+    """ImageNet MSDNet with 5 blocks of ``step`` layers each, 4 scales, 224 px input.
+
+    The official README's ImageNet command: nBlocks 5, stepmode even, step 4, base 4, nChannels 32,
+    growthRate 16, grFactor / bnFactor 1-2-4-4. step 6 and 7 (base = step) are the other released
+    models (msdnet-step=6/7-block=5; the paper's k = 4, 6, 7); base = step is confirmed by their
+    published per-exit FLOPs (see tests/test_msdnet.py).
+    """
+    if step not in (4, 6, 7):
+        raise ValueError(f"msdnet_imagenet: step must be 4, 6 or 7 (the released models), got {step!r}; "
+                         "build other variants with MSDNet(...)")
+    return MSDNet(5, 32, step, step, "even", 16, [1, 2, 4, 4], [1, 2, 4, 4], num_classes=num_classes,
+                  dataset="imagenet", backend=backend)
+
+
+PRESETS: Dict[str, Callable[..., MSDNet]] = {
+    "cifar_anytime": msdnet_cifar_anytime,
+    "cifar_budgeted": msdnet_cifar_budgeted,
+    "imagenet_step4": functools.partial(msdnet_imagenet, 4),
+    "imagenet_step6": functools.partial(msdnet_imagenet, 6),
+    "imagenet_step7": functools.partial(msdnet_imagenet, 7),
+}

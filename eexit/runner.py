@@ -1,0 +1,143 @@
+"""Real sample-level early exit over any list of stages and exits.
+
+Stage k maps the previous stage's output (the input for k = 0) to its own output: a tensor,
+or a list/tuple of tensors (multi-scale backbones), batch on dim 0. Exit k maps stage k's
+output to logits [b, C]. After each exit the gate splits the batch; the exiting rows are
+written to the outputs at their original batch positions and the features of the others are
+compacted, so later stages only see the samples still active. Once nobody is left, later
+stages and exits are never run. The last exit takes everyone left, whatever its threshold.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Sequence, Union
+
+import torch
+from torch import nn
+
+from eexit import ops, reference
+from eexit._checks import as_threshold, check_criterion, check_threshold
+
+Features = Union[torch.Tensor, Sequence[torch.Tensor]]
+Thresholds = Union[float, Sequence[float]]
+
+
+class EarlyExitOutput(NamedTuple):
+    """logits [B, C] of the exit each sample left at; pred int64 [B]; exit_index int64 [B]
+    (0-based); score float32 [B] (confidence or entropy, by criterion) at that exit."""
+
+    logits: torch.Tensor
+    pred: torch.Tensor
+    exit_index: torch.Tensor
+    score: torch.Tensor
+
+
+def never_exits(criterion: str) -> float:
+    """The threshold no score passes: +inf for confidence, 0 for entropy."""
+    return math.inf if criterion == "confidence" else 0.0
+
+
+def check_thresholds(thresholds: Thresholds, n_exits: int, criterion: str) -> List[float]:
+    """One float per exit. A single number applies to every exit. Confidence thresholds are in
+    [0, 1] or +inf (nobody leaves there), entropy thresholds >= 0; the last one is not used."""
+    check_criterion(criterion)
+    if isinstance(thresholds, (list, tuple)):
+        if len(thresholds) != n_exits:
+            raise ValueError(f"thresholds: expected one per exit ({n_exits}), got {len(thresholds)}")
+        values = [as_threshold(t) for t in thresholds]
+    elif isinstance(thresholds, torch.Tensor) and thresholds.numel() > 1:
+        return check_thresholds(thresholds.flatten().tolist(), n_exits, criterion)
+    else:
+        values = [as_threshold(thresholds)] * n_exits
+    for k, t in enumerate(values[:-1]):
+        if not (criterion == "confidence" and t == math.inf):
+            try:
+                check_threshold(t, criterion)
+            except ValueError as err:
+                raise ValueError(f"thresholds[{k}]: {err}") from None
+    return values
+
+
+def _batch_size(x: Features) -> int:
+    return x.shape[0] if isinstance(x, torch.Tensor) else x[0].shape[0]
+
+
+def _compact(x: Features, keep: torch.Tensor, gate) -> Features:
+    if isinstance(x, torch.Tensor):
+        return gate.compact([x], keep)[0]
+    return gate.compact(list(x), keep)
+
+
+def run_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: Features,
+                   thresholds: Thresholds, criterion: str = "confidence",
+                   use_reference: bool = False) -> EarlyExitOutput:
+    """Runs stages and exits on the samples still active; see the module docstring.
+
+    use_reference: gate and compact with eexit.reference instead of the fused eexit.ops.
+    """
+    if len(stages) != len(exits) or not stages:
+        raise ValueError(f"stages and exits must be non-empty and as many, got {len(stages)} and {len(exits)}")
+    thr = check_thresholds(thresholds, len(exits), criterion)
+    gate = reference if use_reference else ops
+    n = _batch_size(x)
+    device = (x if isinstance(x, torch.Tensor) else x[0]).device
+    active = torch.arange(n, device=device)  # original positions of the active rows
+    out = None
+    h = x
+    for k, (stage, head) in enumerate(zip(stages, exits)):
+        h = stage(h)
+        logits = head(h)
+        rows = active.numel()
+        if logits.dim() != 2 or logits.shape[0] != rows:
+            raise ValueError(f"exits[{k}] must return logits [{rows}, C], got shape {tuple(logits.shape)}")
+        if out is None:
+            out = EarlyExitOutput(
+                logits.new_empty((n, logits.shape[1])),
+                torch.empty(n, dtype=torch.long, device=device),
+                torch.full((n,), -1, dtype=torch.long, device=device),
+                torch.empty(n, dtype=torch.float32, device=device),
+            )
+        elif logits.shape[1] != out.logits.shape[1]:
+            raise ValueError(f"exits[{k}] returned {logits.shape[1]} classes, exits[0] returned {out.logits.shape[1]}")
+        last = k == len(exits) - 1
+        t = never_exits(criterion) if last or thr[k] == math.inf else thr[k]
+        if t == math.inf:  # nobody can pass: scores only
+            dec = gate.exit_gate(logits, 1.0, criterion)
+            leave, keep = active.new_empty(0), torch.arange(rows, device=device)
+        else:
+            dec = gate.exit_gate(logits, t, criterion)
+            leave, keep = dec.exit_idx, dec.keep_idx
+        if last:  # the last exit takes everyone left
+            leave, keep = torch.arange(rows, device=device), active.new_empty(0)
+        where = active.index_select(0, leave)
+        out.logits.index_copy_(0, where, logits.index_select(0, leave).to(out.logits.dtype))
+        out.pred.index_copy_(0, where, dec.pred.index_select(0, leave))
+        out.score.index_copy_(0, where, dec.score.index_select(0, leave))
+        out.exit_index.index_fill_(0, where, k)
+        if keep.numel() == 0:
+            break
+        active = active.index_select(0, keep)
+        if keep.numel() != rows:
+            h = _compact(h, keep, gate)
+    return out
+
+
+def simulate_early_exit(all_logits: Sequence[torch.Tensor], thresholds: Thresholds,
+                        criterion: str = "confidence") -> EarlyExitOutput:
+    """What early exit would give, from every exit's logits [B, C] for every sample (the dense,
+    official-style simulation): each sample takes the first exit whose score passes."""
+    thr = check_thresholds(thresholds, len(all_logits), criterion)
+    n = all_logits[0].shape[0]
+    device = all_logits[0].device
+    exit_index = torch.full((n,), len(all_logits) - 1, dtype=torch.long, device=device)
+    decided = torch.zeros(n, dtype=torch.bool, device=device)
+    scores = [reference.gate_scores(z, criterion) for z in all_logits]
+    for k, s in enumerate(scores[:-1]):
+        passed = torch.zeros_like(decided) if thr[k] == math.inf else reference.exits(s, thr[k], criterion)
+        newly = passed & ~decided
+        exit_index[newly] = k
+        decided |= passed
+    stacked = torch.stack(list(all_logits))  # [K, B, C]
+    rows = torch.arange(n, device=device)
+    logits = stacked[exit_index, rows]
+    return EarlyExitOutput(logits, torch.argmax(logits, 1), exit_index, torch.stack(scores)[exit_index, rows])
