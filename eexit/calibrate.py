@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -60,3 +60,81 @@ def budgeted_thresholds(scores: torch.Tensor, fractions: Sequence[float],
         thresholds.append(t if criterion == "confidence" else _float32_above(-t))
     thresholds.append(0.0 if criterion == "confidence" else math.inf)
     return thresholds
+
+
+class ParetoPoint(NamedTuple):
+    """One threshold setting: its thresholds (one per exit; the last is unused), accuracy,
+    mean cost per sample and the fraction of samples leaving at each exit."""
+
+    thresholds: Tuple[float, ...]
+    accuracy: float
+    cost: float
+    exit_fractions: Tuple[float, ...]
+
+
+def threshold_sweep(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
+                    grid: Union[Sequence[float], Sequence[Sequence[float]]], criterion: str = "confidence",
+                    chunk: int = 4096) -> List[ParetoPoint]:
+    """Every combination of per-exit thresholds from ``grid``, evaluated on cached validation
+    results (vectorised; the model is not rerun), reduced to the accuracy-vs-cost Pareto front.
+
+    scores: [K, N] per-exit scores (max probability, or entropy), correct: bool [K, N] whether
+    exit k's prediction is right, costs: [K] cost a sample pays when it leaves at exit k.
+    grid: threshold values tried at each of the first K-1 exits (one list for all, or one per
+    exit; +inf for confidence / 0 for entropy means nobody leaves there).
+    Returns the front sorted by cost: each point more accurate than every cheaper one.
+    """
+    check_criterion(criterion)
+    if scores.dim() != 2 or correct.shape != scores.shape:
+        raise ValueError(f"scores and correct must both be [K, N], got {tuple(scores.shape)} and {tuple(correct.shape)}")
+    k_exits, n = scores.shape
+    if len(costs) != k_exits:
+        raise ValueError(f"costs: expected one per exit ({k_exits}), got {len(costs)}")
+    per_exit = [list(g) for g in grid] if grid and isinstance(grid[0], (list, tuple)) else [list(grid)] * (k_exits - 1)
+    if len(per_exit) != k_exits - 1 or any(not g for g in per_exit):
+        raise ValueError(f"grid: expected non-empty values for each of the first {k_exits - 1} exits")
+    # passes[k][g, i]: sample i passes value g of exit k's grid
+    passes = []
+    for k, values in enumerate(per_exit):
+        t = torch.tensor(values, dtype=torch.float32).unsqueeze(1)
+        s = scores[k].float().unsqueeze(0)
+        passes.append(s >= t if criterion == "confidence" else s < t)
+    cost = torch.as_tensor(costs, dtype=torch.float64)
+    correct = correct.bool()
+    combos = torch.cartesian_prod(*[torch.arange(len(g)) for g in per_exit]).reshape(-1, k_exits - 1)
+    points = []
+    for start in range(0, combos.shape[0], chunk):
+        idx = combos[start: start + chunk]
+        exit_of = torch.full((idx.shape[0], n), k_exits - 1, dtype=torch.long)
+        left = torch.ones(idx.shape[0], n, dtype=torch.bool)
+        for k in range(k_exits - 1):
+            here = passes[k][idx[:, k]] & left
+            exit_of[here] = k
+            left &= ~here
+        acc = correct.t().gather(1, exit_of.t()).t()  # [M, N]: whether sample i is right where it leaves
+        counts = torch.stack([(exit_of == k).sum(1) for k in range(k_exits)], 1).double() / n
+        for row, accuracy, c, frac in zip(idx.tolist(), acc.double().mean(1).tolist(), (counts @ cost).tolist(),
+                                          counts.tolist()):
+            thr = tuple(per_exit[k][g] for k, g in enumerate(row)) + (never_exits(criterion),)
+            points.append(ParetoPoint(thr, accuracy, c, tuple(frac)))
+    points.sort(key=lambda p: (p.cost, -p.accuracy))
+    front, best = [], -1.0
+    for p in points:
+        if p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front
+
+
+def pick(front: Sequence[ParetoPoint], max_accuracy_drop: float, baseline: Optional[float] = None) -> ParetoPoint:
+    """The cheapest point of ``front`` whose accuracy is at least ``baseline - max_accuracy_drop``
+    (baseline: the front's best accuracy unless given, e.g. the full network's)."""
+    if not front:
+        raise ValueError("front is empty")
+    if max_accuracy_drop < 0:
+        raise ValueError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}")
+    base = max(p.accuracy for p in front) if baseline is None else baseline
+    ok = [p for p in front if p.accuracy >= base - max_accuracy_drop - 1e-12]
+    if not ok:
+        raise ValueError(f"no point of the front is within {max_accuracy_drop} of accuracy {base}")
+    return min(ok, key=lambda p: p.cost)

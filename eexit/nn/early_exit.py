@@ -1,0 +1,98 @@
+"""Early exits for any backbone: a network as stages and exits, run with real early exit."""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from eexit.nn.backend import FusedModule
+from eexit.runner import EarlyExitOutput, Thresholds, run_early_exit
+
+
+class EarlyExitNetwork(FusedModule):
+    """``stages[k]`` maps stage k-1's output (the input for k = 0) to its own (a tensor or a
+    list/tuple of tensors); ``exits[k]`` maps stage k's output to logits [B, C]. The last exit
+    is the final classifier.
+
+    ``forward(x)`` returns every exit's logits (training, and the dense evaluation);
+    ``infer(x, thresholds, criterion)`` runs real early exit (see :mod:`eexit.runner`), with the
+    fused ops, or with :mod:`eexit.reference` when the backend is "reference".
+    """
+
+    def __init__(self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], backend: str = "auto") -> None:
+        super().__init__(backend)
+        if len(stages) != len(exits) or not stages:
+            raise ValueError(f"stages and exits must be non-empty and as many, got {len(stages)} and {len(exits)}")
+        self.stages = nn.ModuleList(stages)
+        self.exits = nn.ModuleList(exits)
+
+    def forward(self, x) -> List[torch.Tensor]:
+        out, h = [], x
+        for stage, head in zip(self.stages, self.exits):
+            h = stage(h)
+            out.append(head(h))
+        return out
+
+    @torch.no_grad()
+    def infer(self, x, thresholds: Thresholds, criterion: str = "confidence") -> EarlyExitOutput:
+        """Real early exit; ``thresholds`` one per exit or one for all (the last exit takes
+        everyone left). Call ``.eval()`` first: in train mode BatchNorm mixes samples."""
+        return run_early_exit(self.stages, self.exits, x, thresholds, criterion,
+                              use_reference=self.backend == "reference")
+
+
+class Chain(nn.Sequential):
+    """nn.Sequential that flattens a feature map before a Linear (the ``torch.flatten(x, 1)``
+    that torchvision-style forward() methods do between pooling and the classifier)."""
+
+    def forward(self, x):
+        for m in self:
+            if isinstance(m, nn.Linear) and x.dim() > 2:
+                x = torch.flatten(x, 1)
+            x = m(x)
+        return x
+
+
+def pool_linear_head(channels: int, num_classes: int) -> nn.Module:
+    """The default exit head: global average pooling -> Linear."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def attach_exits(model: nn.Module, after: Sequence[str], num_classes: int, example_input: torch.Tensor,
+                 head: Optional[Callable[[int, int], nn.Module]] = None) -> EarlyExitNetwork:
+    """Cuts ``model`` into stages after the named direct children ``after`` (in order) and
+    attaches an exit head at each cut; the model's own remaining layers are the last stage and
+    its output the last exit. Children run in registration order, with a flatten before a
+    Linear that gets a feature map, as torchvision-style models do.
+
+    head(channels, num_classes) builds each exit (default: pool -> linear); channels is found by
+    running ``example_input`` (e.g. ``torch.zeros(1, 3, 32, 32)``) through the stages.
+    The new network shares the model's modules (and parameters).
+    """
+    names = [n for n, _ in model.named_children()]
+    missing = [a for a in after if a not in names]
+    if missing:
+        raise ValueError(f"after: {missing} are not direct children of the model; children are {names}")
+    cuts = [names.index(a) for a in after]
+    if cuts != sorted(cuts) or len(set(cuts)) != len(cuts) or not cuts:
+        raise ValueError(f"after must name distinct children in model order, got {list(after)}")
+    if cuts[-1] == len(names) - 1:
+        raise ValueError(f"after: nothing of the model is left after {after[-1]!r} to be the final exit")
+    children = [m for _, m in model.named_children()]
+    bounds = [0] + [c + 1 for c in cuts] + [len(children)]
+    stages = [Chain(*children[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    head = head or pool_linear_head
+    exits: List[nn.Module] = []
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        h = example_input
+        for stage in stages[:-1]:
+            h = stage(h)
+            if h.dim() < 2:
+                raise ValueError(f"stage output of shape {tuple(h.shape)} has no channel dimension")
+            exits.append(head(h.shape[1], num_classes))
+        model.train(was_training)
+    exits.append(nn.Identity())
+    return EarlyExitNetwork(stages, exits)

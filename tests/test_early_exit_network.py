@@ -1,0 +1,186 @@
+"""EarlyExitNetwork, attach_exits on a user model, and the threshold sweep."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from eexit.calibrate import pick, threshold_sweep
+from eexit.nn import EarlyExitNetwork, attach_exits
+from eexit.runner import simulate_early_exit
+from helpers import generator, new_seed
+from test_runner import thresholds_between_scores
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = None if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + (x if self.down is None else self.down(x)))
+
+
+class TinyResNet(nn.Module):
+    """torchvision's ResNet layout in miniature: conv1, bn1, relu, maxpool, layer1-4, avgpool, fc."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(2)
+        self.layer1 = BasicBlock(8, 8, 1)
+        self.layer2 = BasicBlock(8, 16, 2)
+        self.layer3 = BasicBlock(16, 24, 2)
+        self.layer4 = BasicBlock(24, 32, 1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def wrapped(seed):
+    torch.manual_seed(seed)
+    backbone = TinyResNet().eval()
+    net = attach_exits(backbone, ["layer1", "layer2", "layer3"], num_classes=10, example_input=torch.zeros(1, 3, 16, 16))
+    for head in net.exits[:-1]:  # spread the confidences of the fresh heads
+        with torch.no_grad():
+            head[-1].weight.mul_(8.0)
+    return backbone, net.eval()
+
+
+def test_attach_exits_keeps_the_backbone_and_adds_heads():
+    seed = new_seed()
+    backbone, net = wrapped(seed)
+    x = torch.randn(4, 3, 16, 16, generator=generator(seed))
+    with torch.no_grad():
+        outs = net(x)
+        assert len(outs) == 4 and all(o.shape == (4, 10) for o in outs)
+        torch.testing.assert_close(outs[-1], backbone(x))  # the last exit is the model itself
+    assert [h[-1].in_features for h in net.exits[:-1]] == [8, 16, 24]
+    assert net.stages[1][0] is backbone.layer2  # shared modules, not copies
+
+
+@pytest.mark.parametrize("criterion", ["confidence", "entropy"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_infer_matches_simulation_and_is_batch_invariant(criterion, backend):
+    seed = new_seed()
+    _, net = wrapped(seed)
+    net.set_backend(backend)
+    x = torch.randn(30, 3, 16, 16, generator=generator(seed))
+    with torch.inference_mode():
+        all_logits = net(x)
+        thr = thresholds_between_scores(all_logits, criterion)
+        got = net.infer(x, thr, criterion)
+        want = simulate_early_exit(all_logits, thr, criterion)
+        assert torch.equal(got.exit_index, want.exit_index), f"seed={seed}"
+        assert torch.equal(got.pred, want.pred)
+        torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
+        for i in (0, 7, 29):
+            one = net.infer(x[i: i + 1], thr, criterion)
+            assert one.exit_index.item() == got.exit_index[i].item() and one.pred.item() == got.pred[i].item()
+
+
+def test_infer_without_inference_mode_and_on_empty_batches():
+    _, net = wrapped(new_seed())
+    out = net.infer(torch.randn(3, 3, 16, 16), 0.9)  # grad mode on: infer turns it off itself
+    assert not out.logits.requires_grad and out.logits.shape == (3, 10)
+    empty = net.infer(torch.randn(0, 3, 16, 16), 0.9)
+    assert empty.logits.shape == (0, 10)
+
+
+def test_bad_construction():
+    with pytest.raises(ValueError, match="as many"):
+        EarlyExitNetwork([nn.Identity(), nn.Identity()], [nn.Identity()])
+    backbone = TinyResNet()
+    ex = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="not direct children"):
+        attach_exits(backbone, ["layer9"], 10, ex)
+    with pytest.raises(ValueError, match="model order"):
+        attach_exits(backbone, ["layer3", "layer1"], 10, ex)
+    with pytest.raises(ValueError, match="nothing of the model is left"):
+        attach_exits(backbone, ["fc"], 10, ex)
+    _, net = wrapped(0)
+    with pytest.raises(ValueError, match="one per exit"):
+        net.infer(torch.randn(2, 3, 16, 16), [0.5, 0.5])
+
+
+def test_custom_head():
+    backbone = TinyResNet()
+    net = attach_exits(backbone, ["layer2"], 10, torch.zeros(1, 3, 16, 16),
+                       head=lambda c, k: nn.Sequential(nn.Conv2d(c, 4, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                                                       nn.Linear(4, k)))
+    assert net.exits[0][0].in_channels == 16
+    assert net(torch.randn(2, 3, 16, 16))[0].shape == (2, 10)
+
+
+def brute_force_front(scores, correct, costs, grid, criterion):
+    """Every combination evaluated one sample at a time, then the front: the sweep's definition."""
+    import itertools
+
+    points = []
+    for combo in itertools.product(grid, repeat=scores.shape[0] - 1):
+        acc = cost = 0.0
+        for i in range(scores.shape[1]):
+            k = next((k for k, t in enumerate(combo)
+                      if (scores[k, i] >= t if criterion == "confidence" else scores[k, i] < t)), len(combo))
+            acc += float(correct[k, i])
+            cost += costs[k]
+        points.append((cost / scores.shape[1], acc / scores.shape[1]))
+    points.sort(key=lambda p: (p[0], -p[1]))
+    front, best = [], -1.0
+    for c, a in points:
+        if a > best:
+            front.append((c, a))
+            best = a
+    return front
+
+
+@pytest.mark.parametrize("criterion", ["confidence", "entropy"])
+def test_sweep_equals_brute_force(criterion):
+    seed = new_seed()
+    gen = generator(seed)
+    scores = torch.rand(3, 50, generator=gen) * (1 if criterion == "confidence" else 2)
+    correct = torch.rand(3, 50, generator=gen) < torch.tensor([[0.6], [0.75], [0.9]])
+    grid = [0.2, 0.5, 0.8, 0.95] + ([math.inf] if criterion == "confidence" else [0.0])
+    front = threshold_sweep(scores, correct, [1.0, 2.5, 4.0], grid, criterion, chunk=7)
+    want = brute_force_front(scores, correct, [1.0, 2.5, 4.0], grid, criterion)
+    assert [(round(p.cost, 9), round(p.accuracy, 9)) for p in front] == \
+        [(round(c, 9), round(a, 9)) for c, a in want], f"seed={seed}"
+    for p in front:
+        assert sum(p.exit_fractions) == pytest.approx(1.0) and len(p.thresholds) == 3
+
+
+def test_sweep_hand_made_front_and_pick():
+    scores = torch.tensor([[0.9, 0.8, 0.3, 0.2], [0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.1, 0.1]])
+    correct = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]]).bool()
+    front = threshold_sweep(scores, correct, [1.0, 2.0, 3.0], [0.0, 0.7, math.inf])
+    assert [(p.cost, p.accuracy) for p in front] == [(1.0, 0.5), (1.5, 0.75), (2.0, 1.0)]
+    assert front[1].thresholds[:2] == (0.7, 0.0) and front[1].exit_fractions == (0.5, 0.5, 0.0)
+    assert pick(front, 0.0).cost == 2.0
+    assert pick(front, 0.25).cost == 1.5
+    assert pick(front, 0.3, baseline=0.8).cost == 1.0
+    with pytest.raises(ValueError, match="within"):
+        pick(front, 0.0, baseline=1.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        pick(front, -0.1)
+
+
+def test_sweep_bad_input():
+    s, c = torch.rand(3, 5), torch.ones(3, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="costs"):
+        threshold_sweep(s, c, [1.0, 2.0], [0.5])
+    with pytest.raises(ValueError, match=r"\[K, N\]"):
+        threshold_sweep(s, c[:2], [1.0, 2.0, 3.0], [0.5])
+    with pytest.raises(ValueError, match="grid"):
+        threshold_sweep(s, c, [1.0, 2.0, 3.0], [[0.5]])
