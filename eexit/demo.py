@@ -7,13 +7,13 @@ fused vs in the pure-PyTorch reference.
 """
 from __future__ import annotations
 
-import time
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from eexit import ops, reference
+from eexit.timing import median_ms
 
 DEFAULT_THRESHOLDS = {"confidence": [0.5, 0.8, 0.9, 0.95, 0.99], "entropy": [1.0, 0.5, 0.3, 0.1, 0.02]}
 
@@ -42,17 +42,6 @@ def digits_logits(seed: int = 0, steps: int = 200):
         return model(x[test]), y[test]
 
 
-def median_us(fn: Callable[[], object], reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e6
-
-
 def run(criterion: str = "confidence", thresholds: Optional[Sequence[float]] = None, batch: int = 4096,
         seed: int = 0, reps: int = 30) -> List[dict]:
     """Prints the demo's table and returns its rows."""
@@ -74,8 +63,8 @@ def run(criterion: str = "confidence", thresholds: Optional[Sequence[float]] = N
             dec = ops.exit_gate(logits, thr, criterion)
             correct = dec.pred == labels
             acc = lambda idx: correct[idx].float().mean().item() if len(idx) else float("nan")  # noqa: E731
-            fused = median_us(lambda: ops.exit_gate(big, thr, criterion), reps)
-            ref = median_us(lambda: reference.exit_gate(big, thr, criterion), reps)
+            fused = 1e3 * median_ms(lambda: ops.exit_gate(big, thr, criterion), reps, warmup=3)
+            ref = 1e3 * median_ms(lambda: reference.exit_gate(big, thr, criterion), reps, warmup=3)
             row = dict(threshold=thr, exit_fraction=len(dec.exit_idx) / len(labels), acc_exited=acc(dec.exit_idx),
                        acc_kept=acc(dec.keep_idx), fused_us=fused, reference_us=ref)
             rows.append(row)
