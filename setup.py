@@ -75,7 +75,7 @@ setup(
     name="eexit",
     version="0.1.0",
     description="Real sample-level early exit for PyTorch: fused exit-gate, compaction and dense-block kernels.",
-    packages=["eexit", "eexit.kernels"],
+    packages=["eexit", "eexit.nn", "eexit.models", "eexit.kernels"],
     package_dir={"eexit": "eexit", "eexit.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.6,<2.16", "numpy"],

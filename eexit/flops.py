@@ -5,7 +5,8 @@ Convention (kalviny/MSDNet-PyTorch, ``op_counter.py``), one sample:
 * Conv2d: ``in * out * kh * kw * H_out * W_out / groups`` (bias not counted);
 * Linear: ``weight.numel() + bias.numel()``;
 * ReLU: input elements; MaxPool2d / AvgPool2d: output elements * kernel area;
-  AdaptiveAvgPool2d: input elements;
+  AdaptiveAvgPool2d: input elements; LocalResponseNorm (not in the official counter, which has
+  none): input elements * window size;
 * BatchNorm, Dropout, Identity, Flatten, containers: 0. Any other leaf module raises TypeError.
 
 The official counter runs one forward on a zero image and reads its running total each time an
@@ -23,7 +24,8 @@ from torch import nn
 from eexit.nn import FusedModule
 
 InputSize = Union[int, Sequence[int]]
-_FREE = (nn.modules.batchnorm._NormBase, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten)
+_FREE = (nn.modules.batchnorm._NormBase, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
+         nn.Sequential, nn.ModuleList)  # the last two only when empty
 
 
 def leaf_ops(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -35,6 +37,8 @@ def leaf_ops(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(rows * (module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)))
     if isinstance(module, nn.ReLU) or isinstance(module, nn.AdaptiveAvgPool2d):
         return float(x.numel())
+    if isinstance(module, nn.LocalResponseNorm):
+        return float(x.numel() * module.size)
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
         k = module.kernel_size
         kh, kw = (k, k) if isinstance(k, int) else k

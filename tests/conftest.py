@@ -17,3 +17,15 @@ def pytest_sessionstart(session):
         for op in ("exit_gate", "compact"):
             if not torch._C._dispatch_has_kernel_for_dispatch_key(f"eexit::{op}", "CUDA"):
                 pytest.exit(f"EEXIT_REQUIRE_CUDA_BUILD=1 but eexit::{op} has no CUDA kernel", returncode=3)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny batches (they gain nothing from threads, and a
+    busy 2-core machine makes them spin); restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -34,8 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from eexit.nn import BottleneckConv, ConvBNReLU, set_backend
-from eexit.nn.backend import check_backend
+from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel
 
 Features = List[torch.Tensor]
 DATASETS = ("cifar", "imagenet")
@@ -231,7 +230,7 @@ def _factor_list(name: str, value: object) -> List[int]:
     return list(value)
 
 
-class MSDNet(nn.Module):
+class MSDNet(EarlyExitModel):
     """Multi-Scale Dense Network; hyperparameters one to one with the official ``args``.
 
     Args (official name in brackets):
@@ -250,14 +249,18 @@ class MSDNet(nn.Module):
         num_classes: classes (the official code takes 10 / 100 / 1000 from the data set name).
         dataset: 'cifar' (3x3 stem, 128-wide classifiers, 32 px) or 'imagenet' (7x7 stem, classifiers
             as wide as their input, 224 px).
-        backend: eexit backend of every ConvBNReLU / BottleneckConv (see :mod:`eexit.nn.backend`).
+        backend: eexit backend of every ConvBNReLU / BottleneckConv (see :mod:`eexit.nn.backend`);
+            "reference" also makes :meth:`infer` gate with :mod:`eexit.reference`.
+
+    ``model(x)`` returns every exit's logits (official semantics); ``model.infer(x, thresholds,
+    criterion)`` runs real sample-level early exit (:class:`eexit.nn.EarlyExitModel`).
     """
 
     def __init__(self, n_blocks: int, n_channels: int, base: int, step: int, step_mode: str, growth_rate: int,
                  gr_factor: Sequence[int], bn_factor: Sequence[int], *, num_classes: int, dataset: str,
                  bottleneck: bool = True, prune: str = "max", reduction: float = 0.5,
                  backend: str = "auto") -> None:
-        super().__init__()
+        super().__init__(backend)  # checks backend
         _positive_int("n_blocks", n_blocks)
         _positive_int("n_channels", n_channels)
         _positive_int("base", base)
@@ -282,7 +285,6 @@ class MSDNet(nn.Module):
         _positive_int("num_classes", num_classes)
         if dataset not in DATASETS:
             raise ValueError(f"MSDNet: dataset must be one of {DATASETS}, got {dataset!r}")
-        check_backend(backend)
 
         self.config: Dict[str, Any] = dict(
             n_blocks=n_blocks, n_channels=n_channels, base=base, step=step, step_mode=step_mode,
@@ -329,20 +331,6 @@ class MSDNet(nn.Module):
         list to logits [N, num_classes]. ``forward`` is exactly this loop."""
         return list(self.blocks), list(self.classifier)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """x [N, 3, H, W] -> logits of every exit, n_blocks tensors [N, num_classes] (official semantics)."""
-        stages, exits = self.exit_stages()
-        feats: Union[torch.Tensor, Features] = x
-        logits = []
-        for stage, head in zip(stages, exits):
-            feats = stage(feats)
-            logits.append(head(feats))
-        return logits
-
-    def set_backend(self, backend: str) -> "MSDNet":
-        """Sets ``backend`` on every eexit module of the network; returns self."""
-        return set_backend(self, backend)
-
     # -- official checkpoints ------------------------------------------------------------------
 
     def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> "MSDNet":
@@ -369,8 +357,8 @@ class MSDNet(nn.Module):
                  lambda k: f"{k}: expected {shape(expected[k])}, got {shape(state[k])}"),
             ):
                 if keys:
-                    more = f", {len(keys) - 5} more" if len(keys) > 5 else ""
-                    lines.append(f"  {len(keys)} {title}{more}: " + "; ".join(describe(k) for k in keys[:5]))
+                    first = " (the first 5)" if len(keys) > 5 else ""
+                    lines.append(f"  {len(keys)} {title}{first}: " + "; ".join(describe(k) for k in keys[:5]))
             raise ValueError("\n".join(lines))
         self.load_state_dict(state, strict=False)
         return self
@@ -438,10 +426,11 @@ def msdnet_cifar_budgeted(num_classes: int = 100, backend: str = "auto") -> MSDN
 def msdnet_imagenet(step: int = 4, num_classes: int = 1000, backend: str = "auto") -> MSDNet:
     """ImageNet MSDNet with 5 blocks of ``step`` layers each, 4 scales, 224 px input.
 
-    The official README's ImageNet command: nBlocks 5, stepmode even, step 4, base 4, nChannels 32,
-    growthRate 16, grFactor / bnFactor 1-2-4-4. step 6 and 7 (base = step) are the other released
-    models (msdnet-step=6/7-block=5; the paper's k = 4, 6, 7); base = step is confirmed by their
-    published per-exit FLOPs (see tests/test_msdnet.py).
+    step 4: the official README's ImageNet command (nBlocks 5, stepmode even, step 4, base 4,
+    nChannels 32, growthRate 16, grFactor / bnFactor 1-2-4-4). step 7: the repository's
+    ``run_imagenet.sh`` (commit aa62bd1: ``--step 7 --base 7``, otherwise the same), whose per-exit
+    FLOPs (615.69 ... 3253.79 M) this model reproduces exactly (tests/test_msdnet.py). step 6: the same
+    rule, base = step (the paper's ImageNet models use k = 4, 6, 7 layers per block).
     """
     if step not in (4, 6, 7):
         raise ValueError(f"msdnet_imagenet: step must be 4, 6 or 7 (the released models), got {step!r}; "

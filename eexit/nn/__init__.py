@@ -2,9 +2,9 @@
 from eexit.nn.backend import BACKENDS, FusedModule, set_backend
 from eexit.nn.conv import BottleneckConv, ConvBNReLU
 from eexit.nn.dense import DenseConcatBlock, DenseLayer
-from eexit.nn.early_exit import EarlyExitNetwork, attach_exits, pool_linear_head
+from eexit.nn.early_exit import EarlyExitModel, EarlyExitNetwork, attach_exits, pool_linear_head
 
 __all__ = [
-    "BACKENDS", "BottleneckConv", "ConvBNReLU", "DenseConcatBlock", "DenseLayer", "EarlyExitNetwork", "FusedModule",
+    "BACKENDS", "BottleneckConv", "ConvBNReLU", "DenseConcatBlock", "DenseLayer", "EarlyExitModel", "EarlyExitNetwork", "FusedModule",
     "attach_exits", "pool_linear_head", "set_backend",
 ]

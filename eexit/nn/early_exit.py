@@ -1,7 +1,7 @@
 """Early exits for any backbone: a network as stages and exits, run with real early exit."""
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -10,26 +10,23 @@ from eexit.nn.backend import FusedModule
 from eexit.runner import EarlyExitOutput, Thresholds, run_early_exit
 
 
-class EarlyExitNetwork(FusedModule):
-    """``stages[k]`` maps stage k-1's output (the input for k = 0) to its own (a tensor or a
-    list/tuple of tensors); ``exits[k]`` maps stage k's output to logits [B, C]. The last exit
-    is the final classifier.
+class EarlyExitModel(FusedModule):
+    """Base of networks with exits. Subclasses provide :meth:`exit_stages`: ``stages[k]`` maps
+    stage k-1's output (the input for k = 0) to its own (a tensor or a list/tuple of tensors);
+    ``exits[k]`` maps stage k's output to logits [B, C]; the last exit is the final classifier.
 
     ``forward(x)`` returns every exit's logits (training, and the dense evaluation);
     ``infer(x, thresholds, criterion)`` runs real early exit (see :mod:`eexit.runner`), with the
     fused ops, or with :mod:`eexit.reference` when the backend is "reference".
     """
 
-    def __init__(self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], backend: str = "auto") -> None:
-        super().__init__(backend)
-        if len(stages) != len(exits) or not stages:
-            raise ValueError(f"stages and exits must be non-empty and as many, got {len(stages)} and {len(exits)}")
-        self.stages = nn.ModuleList(stages)
-        self.exits = nn.ModuleList(exits)
+    def exit_stages(self) -> Tuple[List[nn.Module], List[nn.Module]]:
+        raise NotImplementedError
 
     def forward(self, x) -> List[torch.Tensor]:
+        stages, exits = self.exit_stages()
         out, h = [], x
-        for stage, head in zip(self.stages, self.exits):
+        for stage, head in zip(stages, exits):
             h = stage(h)
             out.append(head(h))
         return out
@@ -38,8 +35,22 @@ class EarlyExitNetwork(FusedModule):
     def infer(self, x, thresholds: Thresholds, criterion: str = "confidence") -> EarlyExitOutput:
         """Real early exit; ``thresholds`` one per exit or one for all (the last exit takes
         everyone left). Call ``.eval()`` first: in train mode BatchNorm mixes samples."""
-        return run_early_exit(self.stages, self.exits, x, thresholds, criterion,
-                              use_reference=self.backend == "reference")
+        stages, exits = self.exit_stages()
+        return run_early_exit(stages, exits, x, thresholds, criterion, use_reference=self.backend == "reference")
+
+
+class EarlyExitNetwork(EarlyExitModel):
+    """An :class:`EarlyExitModel` from explicit lists of stages and exits (any nn.Modules)."""
+
+    def __init__(self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], backend: str = "auto") -> None:
+        super().__init__(backend)
+        if len(stages) != len(exits) or not stages:
+            raise ValueError(f"stages and exits must be non-empty and as many, got {len(stages)} and {len(exits)}")
+        self.stages = nn.ModuleList(stages)
+        self.exits = nn.ModuleList(exits)
+
+    def exit_stages(self) -> Tuple[List[nn.Module], List[nn.Module]]:
+        return list(self.stages), list(self.exits)
 
 
 class Chain(nn.Sequential):

@@ -1,0 +1,46 @@
+"""Markdown table of an early-exit benchmark JSON (test_bench_branchynet.py, test_bench_msdnet.py).
+
+usage: python benchmarks/report_early_exit.py RESULTS.json
+Speedup = full / infer (medians, same run); cost ratio = full cost / expected cost, where the
+expected cost weighs what a sample leaving at exit k pays (stages and exits 1..k) by the measured
+exit fractions. Target: speedup >= 0.85 x cost ratio.
+"""
+import json
+import sys
+from collections import defaultdict
+
+import torch
+
+from report import cpu_name
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    groups = defaultdict(dict)
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        key = (e["device"], e["model"], e["batch"])
+        groups[key][e["impl"]] = b["stats"]["median"]
+        groups[key].setdefault("info", {}).update(e)
+    print(f"# early-exit benchmark — {data.get('datetime', '')[:10]}\n")
+    print(f"- CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if any(k[0] == "cuda" for k in groups):
+        print(f"- GPU: {torch.cuda.get_device_name()}")
+    print("\nBatch 1 rows time 32 samples one after the other. Medians in ms.\n")
+    print("| device | model | batch | exit fractions (measured) | infer ms | full ms | simulate ms | speedup | "
+          "cost ratio | speedup / cost ratio | paper speedup |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (dev, model, batch), g in sorted(groups.items()):
+        info = g["info"]
+        fr = info.get("exit_fractions", [])
+        expected = sum(f * c for f, c in zip(fr, info["exit_costs"]))
+        ratio = info["full_cost"] / expected if expected else float("nan")
+        speedup = g["full"] / g["infer"]
+        paper = info.get("paper_speedup")
+        print(f"| {dev} | {model} | {batch} | {' / '.join(f'{100 * f:.1f}' for f in fr)} | {g['infer'] * 1e3:.2f} | "
+              f"{g['full'] * 1e3:.2f} | {g['simulate'] * 1e3:.2f} | {speedup:.2f} | {ratio:.2f} | {speedup / ratio:.2f} | "
+              f"{'' if paper is None else f'{paper}x (batch 1)'} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

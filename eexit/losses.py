@@ -1,0 +1,77 @@
+"""Training losses for early-exit networks."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["joint_loss"]
+
+Weights = Union[Sequence[float], torch.Tensor]
+
+
+def joint_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
+               weights: Optional[Weights] = None) -> torch.Tensor:
+    """BranchyNet's joint objective (Teerapittayanon et al., ICPR 2016, Sec. III-B):
+    ``sum_k weights[k] * cross_entropy(outputs[k], target)``, each term the batch-mean softmax
+    cross-entropy of exit k (as Chainer's ``F.softmax_cross_entropy`` in the official code).
+
+    outputs: every exit's logits, [B, C] each (e.g. ``EarlyExitNetwork.forward``); target: class
+    indices [B] (or class probabilities [B, C], as ``F.cross_entropy`` accepts); weights: one
+    finite number >= 0 per exit, or a 1-D tensor of them (used as given, so it may carry grad);
+    default 1 for every exit. Returns a scalar tensor. Raises ValueError on an empty ``outputs``,
+    a ``weights`` of the wrong length or with negative / non-finite values, or outputs whose batch
+    size differs from the target's.
+    """
+    if isinstance(outputs, torch.Tensor) or not isinstance(outputs, Sequence):
+        raise ValueError(
+            f"joint_loss: outputs must be a list or tuple of per-exit logits, got {type(outputs).__name__}"
+        )
+    n = len(outputs)
+    if n == 0:
+        raise ValueError("joint_loss: outputs is empty; expected one logits tensor per exit")
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f"joint_loss: target must be a tensor, got {type(target).__name__}")
+    for k, out in enumerate(outputs):
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"joint_loss: outputs[{k}] must be a tensor, got {type(out).__name__}")
+        if out.dim() < 2:
+            raise ValueError(f"joint_loss: outputs[{k}] must be logits [B, C], got shape {tuple(out.shape)}")
+        if target.dim() == 0 or out.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"joint_loss: outputs[{k}] has batch size {out.shape[0]} but target has shape {tuple(target.shape)}"
+            )
+
+    if weights is None:
+        w: Union[Sequence[float], torch.Tensor] = [1.0] * n
+    elif isinstance(weights, torch.Tensor):
+        if weights.dim() != 1 or weights.numel() != n:
+            raise ValueError(
+                f"joint_loss: weights must hold one value per exit ({n}), got shape {tuple(weights.shape)}"
+            )
+        if weights.is_complex() or not weights.is_floating_point():
+            weights = weights.to(torch.get_default_dtype())
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise ValueError(f"joint_loss: weights must be finite and >= 0, got {weights.tolist()}")
+        w = weights
+    else:
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+            raise ValueError(
+                f"joint_loss: weights must be a sequence of numbers or a tensor, got {type(weights).__name__}"
+            )
+        if len(weights) != n:
+            raise ValueError(f"joint_loss: {len(weights)} weights for {n} exits; expected one weight per exit")
+        w = []
+        for k, v in enumerate(weights):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"joint_loss: weights[{k}] must be a finite number >= 0, got {v!r}")
+            w.append(float(v))
+
+    total = None
+    for k, out in enumerate(outputs):
+        term = w[k] * F.cross_entropy(out, target)
+        total = term if total is None else total + term
+    return total

@@ -1,0 +1,91 @@
+"""MSDNet.infer: real sample-level early exit equals the dense simulation, batch-invariant."""
+import math
+
+import pytest
+import torch
+
+from eexit.models import MSDNet, msdnet_cifar_anytime
+from eexit.runner import simulate_early_exit
+from helpers import generator, new_seed
+from test_runner import thresholds_between_scores
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small_msdnet(seed):
+    torch.manual_seed(seed)
+    model = MSDNet(4, 8, 2, 1, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=10, dataset="cifar").eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, and spread-out confidences
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    for head in model.classifier:
+        with torch.no_grad():
+            head.linear.weight.mul_(20.0)
+    return model
+
+
+@pytest.mark.parametrize("criterion", ["confidence", "entropy"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_infer_matches_dense_simulation(criterion, backend):
+    seed = new_seed()
+    model = small_msdnet(seed).set_backend(backend)
+    x = torch.randn(24, 3, 32, 32, generator=generator(seed))
+    with torch.inference_mode():
+        all_logits = model(x)
+        thr = thresholds_between_scores(all_logits, criterion)
+        got = model.infer(x, thr, criterion)
+    want = simulate_early_exit(all_logits, thr, criterion)
+    assert torch.equal(got.exit_index, want.exit_index), f"seed={seed}"
+    assert torch.equal(got.pred, want.pred), f"seed={seed}"
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.score, want.score, atol=1e-4, rtol=1e-4)
+
+
+def test_infer_is_batch_invariant():
+    seed = new_seed()
+    model = small_msdnet(seed)
+    x = torch.randn(12, 3, 32, 32, generator=generator(seed))
+    with torch.inference_mode():
+        thr = thresholds_between_scores(model(x), "confidence")
+        whole = model.infer(x, thr)
+        for i in range(x.shape[0]):
+            one = model.infer(x[i: i + 1], thr)
+            assert one.exit_index.item() == whole.exit_index[i].item(), f"seed={seed} row={i}"
+            assert one.pred.item() == whole.pred[i].item()
+            torch.testing.assert_close(one.logits[0], whole.logits[i], atol=1e-4, rtol=1e-4)
+
+
+def test_later_blocks_never_run_once_everyone_left():
+    model = small_msdnet(new_seed())
+    ran = []
+    for k, block in enumerate(model.blocks):
+        block.register_forward_pre_hook(lambda m, a, k=k: ran.append(k))
+    with torch.inference_mode():
+        out = model.infer(torch.randn(5, 3, 32, 32), [0.0, 0.5, 0.5, 0.5])
+    assert ran == [0] and out.exit_index.eq(0).all()
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_empty_and_single_batches(n):
+    model = small_msdnet(new_seed())
+    out = model.infer(torch.randn(n, 3, 32, 32), 0.5)  # infer turns grad off itself
+    assert out.logits.shape == (n, 10) and out.exit_index.shape == (n,)
+    with torch.inference_mode():
+        assert model.infer(torch.randn(n, 3, 32, 32), 0.5, "confidence").logits.shape == (n, 10)
+
+
+def test_anytime_preset_runs_every_exit():
+    model = msdnet_cifar_anytime(100).eval()
+    with torch.inference_mode():
+        out = model.infer(torch.randn(3, 3, 32, 32), [math.inf] * 6 + [0.0])  # nobody leaves early
+    assert out.exit_index.eq(6).all() and out.logits.shape == (3, 100)
+
+
+def test_thresholds_must_fit_the_model():
+    model = small_msdnet(0)
+    with pytest.raises(ValueError, match="one per exit"):
+        model.infer(torch.randn(2, 3, 32, 32), [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"thresholds\[0\]"):
+        model.infer(torch.randn(2, 3, 32, 32), [-0.5, 0.5, 0.5, 0.5])
