@@ -33,5 +33,6 @@ test: build
 bench: build
 	mkdir -p benchmarks/results
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-json=benchmarks/results/latest.json
+	$(PY) benchmarks/strip_json.py benchmarks/results/latest.json
 	$(PY) benchmarks/report.py benchmarks/results/latest.json
 	@echo "copy the table into benchmarks/results/<name>-<device>-<date>.md"

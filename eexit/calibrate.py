@@ -7,7 +7,11 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from eexit._checks import check_criterion
-from eexit.runner import never_exits
+
+
+def never_exits(criterion: str) -> float:
+    """The threshold no score passes: +inf for confidence, 0 for entropy."""
+    return math.inf if criterion == "confidence" else 0.0
 
 
 def _float32_above(v: float) -> float:
@@ -24,6 +28,26 @@ def geometric_exit_fractions(r: float, n_exits: int) -> List[float]:
     w = [r ** k for k in range(n_exits)]
     total = sum(w)
     return [v / total for v in w]
+
+
+def fractions_for_cost(exit_costs: Sequence[float], target: float, iters: int = 100) -> List[float]:
+    """Geometric exit fractions (:func:`geometric_exit_fractions`) whose expected cost
+    ``sum(f_k * exit_costs[k])`` equals ``target``; exit_costs increasing (what a sample leaving at
+    exit k pays). The cost grows with r from exit_costs[0] to exit_costs[-1]: bisection on log r."""
+    k = len(exit_costs)
+    if k < 1 or any(b < a for a, b in zip(exit_costs, exit_costs[1:])):
+        raise ValueError(f"exit_costs must be non-empty and non-decreasing, got {list(exit_costs)}")
+    if not exit_costs[0] <= target <= exit_costs[-1]:
+        raise ValueError(f"target cost {target} is outside [{exit_costs[0]}, {exit_costs[-1]}], what the exits allow")
+
+    def cost(log_r: float) -> float:
+        return sum(f * c for f, c in zip(geometric_exit_fractions(math.exp(log_r), k), exit_costs))
+
+    lo, hi = -50.0, 50.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(mid) < target else (lo, mid)
+    return geometric_exit_fractions(math.exp((lo + hi) / 2), k)
 
 
 def budgeted_thresholds(scores: torch.Tensor, fractions: Sequence[float],

@@ -32,11 +32,6 @@ class EarlyExitOutput(NamedTuple):
     score: torch.Tensor
 
 
-def never_exits(criterion: str) -> float:
-    """The threshold no score passes: +inf for confidence, 0 for entropy."""
-    return math.inf if criterion == "confidence" else 0.0
-
-
 def check_thresholds(thresholds: Thresholds, n_exits: int, criterion: str) -> List[float]:
     """One float per exit. A single number applies to every exit. Confidence thresholds are in
     [0, 1] or +inf (nobody leaves there), entropy thresholds >= 0; the last one is not used."""
@@ -80,45 +75,49 @@ def run_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: F
     thr = check_thresholds(thresholds, len(exits), criterion)
     gate = reference if use_reference else ops
     n = _batch_size(x)
-    device = (x if isinstance(x, torch.Tensor) else x[0]).device
-    active = torch.arange(n, device=device)  # original positions of the active rows
-    out = None
+    active = None  # original positions of the active rows; None while they are all of them, in order
+    parts = []  # (positions or None, logits, pred, score, exit) of the rows that left
+    classes = None
     h = x
     for k, (stage, head) in enumerate(zip(stages, exits)):
         h = stage(h)
         logits = head(h)
-        rows = active.numel()
+        rows = n if active is None else active.numel()
         if logits.dim() != 2 or logits.shape[0] != rows:
             raise ValueError(f"exits[{k}] must return logits [{rows}, C], got shape {tuple(logits.shape)}")
-        if out is None:
-            out = EarlyExitOutput(
-                logits.new_empty((n, logits.shape[1])),
-                torch.empty(n, dtype=torch.long, device=device),
-                torch.full((n,), -1, dtype=torch.long, device=device),
-                torch.empty(n, dtype=torch.float32, device=device),
-            )
-        elif logits.shape[1] != out.logits.shape[1]:
-            raise ValueError(f"exits[{k}] returned {logits.shape[1]} classes, exits[0] returned {out.logits.shape[1]}")
+        if classes is not None and logits.shape[1] != classes:
+            raise ValueError(f"exits[{k}] returned {logits.shape[1]} classes, exits[0] returned {classes}")
+        classes = logits.shape[1]
         last = k == len(exits) - 1
-        t = never_exits(criterion) if last or thr[k] == math.inf else thr[k]
-        if t == math.inf:  # nobody can pass: scores only
-            dec = gate.exit_gate(logits, 1.0, criterion)
-            leave, keep = active.new_empty(0), torch.arange(rows, device=device)
-        else:
-            dec = gate.exit_gate(logits, t, criterion)
-            leave, keep = dec.exit_idx, dec.keep_idx
-        if last:  # the last exit takes everyone left
-            leave, keep = torch.arange(rows, device=device), active.new_empty(0)
-        where = active.index_select(0, leave)
-        out.logits.index_copy_(0, where, logits.index_select(0, leave).to(out.logits.dtype))
-        out.pred.index_copy_(0, where, dec.pred.index_select(0, leave))
-        out.score.index_copy_(0, where, dec.score.index_select(0, leave))
-        out.exit_index.index_fill_(0, where, k)
-        if keep.numel() == 0:
+        if not last and thr[k] == math.inf:
+            continue  # nobody can leave here: no gate
+        dec = gate.exit_gate(logits, 0.0 if last else thr[k], criterion)  # the last one's split is unused
+        leave = rows if last else dec.exit_idx.numel()
+        if leave == rows:  # everyone left: no gathering
+            parts.append((active, logits, dec.pred, dec.score, k))
             break
-        active = active.index_select(0, keep)
-        if keep.numel() != rows:
+        if leave:
+            idx = dec.exit_idx
+            where = idx if active is None else active.index_select(0, idx)
+            parts.append((where, logits.index_select(0, idx), dec.pred.index_select(0, idx),
+                          dec.score.index_select(0, idx), k))
+            keep = dec.keep_idx
+            active = keep if active is None else active.index_select(0, keep)
             h = _compact(h, keep, gate)
+    if len(parts) == 1 and parts[0][0] is None:  # the whole batch left at one exit
+        _, logits, pred, score, k = parts[0]
+        return EarlyExitOutput(logits, pred, torch.full_like(pred, k), score)
+    first = parts[0][1]
+    out = EarlyExitOutput(first.new_empty((n, classes)), torch.empty(n, dtype=torch.long, device=first.device),
+                          torch.empty(n, dtype=torch.long, device=first.device),
+                          torch.empty(n, dtype=torch.float32, device=first.device))
+    for where, logits, pred, score, k in parts:
+        if where is None:
+            where = torch.arange(n, device=first.device)
+        out.logits.index_copy_(0, where, logits.to(out.logits.dtype))
+        out.pred.index_copy_(0, where, pred)
+        out.score.index_copy_(0, where, score)
+        out.exit_index.index_fill_(0, where, k)
     return out
 
 

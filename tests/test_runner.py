@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from eexit.calibrate import budgeted_thresholds, geometric_exit_fractions
+from eexit.calibrate import budgeted_thresholds, fractions_for_cost, geometric_exit_fractions
 from eexit.runner import run_early_exit, simulate_early_exit
 from helpers import generator, new_seed
 
@@ -244,3 +244,18 @@ def test_budgeted_thresholds_bad_input():
         budgeted_thresholds(torch.rand(2, 10), [0.8, 0.8])
     with pytest.raises(ValueError, match=r"\[n_exits, N\]"):
         budgeted_thresholds(torch.rand(10), [1.0])
+
+
+def test_fractions_for_cost():
+    costs = [1.0, 2.0, 4.0, 8.0]
+    for target in (1.5, 3.0, 7.5):
+        f = fractions_for_cost(costs, target)
+        assert sum(a * c for a, c in zip(f, costs)) == pytest.approx(target, rel=1e-6)
+        assert sum(f) == pytest.approx(1.0)
+        ratios = [b / a for a, b in zip(f, f[1:])]
+        assert max(ratios) == pytest.approx(min(ratios))  # geometric
+    assert fractions_for_cost([5.0], 5.0) == [1.0]
+    with pytest.raises(ValueError, match="outside"):
+        fractions_for_cost(costs, 9.0)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        fractions_for_cost([2.0, 1.0], 1.5)

@@ -1,0 +1,45 @@
+"""MSDNet CIFAR-100 anytime preset: real early exit vs the full network vs the official-style
+simulation (every classifier for every sample), batch 256, fused backend (eval, inference mode).
+
+Random weights; thresholds by budgeted calibration on random images, with geometric exit
+fractions chosen so the expected cost is 40% of the full network's. Target on CPU: speedup
+(full / infer) >= 0.85 x (full cost / expected cost). Summarise with benchmarks/report_early_exit.py.
+"""
+import pytest
+import torch
+
+from early_exit_common import calibrate, contenders, costs
+from eexit.calibrate import fractions_for_cost
+from eexit.models import msdnet_cifar_anytime
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TARGET_COST = 0.40
+_cache = {}
+
+
+def setup(device):
+    if device not in _cache:
+        torch.manual_seed(0)
+        net = msdnet_cifar_anytime(100).eval().to(device)
+        cost = costs(net, (3, 32, 32))
+        fractions = fractions_for_cost(cost["exit_costs"], TARGET_COST * cost["full_cost"])
+        thresholds = calibrate(net, torch.randn(512, 3, 32, 32, device=device), fractions, "confidence")
+        _cache[device] = (net, thresholds, cost, fractions)
+    return _cache[device]
+
+
+@pytest.mark.parametrize("impl", ["infer", "full", "simulate"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_msdnet(benchmark, device, impl):
+    net, thresholds, cost, fractions = setup(device)
+    x = torch.randn(256, 3, 32, 32, device=device)
+    fn = contenders(net, thresholds, "confidence")[impl]
+    with torch.inference_mode():
+        if impl == "infer":
+            out = fn(x)
+            benchmark.extra_info["exit_fractions"] = [float((out.exit_index == k).mean(dtype=torch.float))
+                                                      for k in range(len(fractions))]
+        benchmark.group = f"msdnet {device} cifar100-anytime batch=256"
+        benchmark.extra_info.update(device=device, model="msdnet-cifar-anytime", batch=256, impl=impl,
+                                    target_fractions=fractions, **cost)
+        benchmark.pedantic(fn, args=(x,), rounds=5, iterations=1, warmup_rounds=1)
