@@ -7,9 +7,8 @@ from torch import nn
 
 from eexit.calibrate import pick, threshold_sweep
 from eexit.nn import EarlyExitNetwork, attach_exits
-from eexit.runner import simulate_early_exit
 from helpers import generator, new_seed
-from test_runner import thresholds_between_scores
+from test_runner import check_infer_matches_simulation
 
 
 class BasicBlock(nn.Module):
@@ -78,14 +77,8 @@ def test_infer_matches_simulation_and_is_batch_invariant(criterion, backend):
     _, net = wrapped(seed)
     net.set_backend(backend)
     x = torch.randn(30, 3, 16, 16, generator=generator(seed))
+    got, thr = check_infer_matches_simulation(net, x, criterion, seed)
     with torch.inference_mode():
-        all_logits = net(x)
-        thr = thresholds_between_scores(all_logits, criterion)
-        got = net.infer(x, thr, criterion)
-        want = simulate_early_exit(all_logits, thr, criterion)
-        assert torch.equal(got.exit_index, want.exit_index), f"seed={seed}"
-        assert torch.equal(got.pred, want.pred)
-        torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
         for i in (0, 7, 29):
             one = net.infer(x[i: i + 1], thr, criterion)
             assert one.exit_index.item() == got.exit_index[i].item() and one.pred.item() == got.pred[i].item()

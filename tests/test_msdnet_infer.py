@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from eexit.models import MSDNet, msdnet_cifar_anytime
-from eexit.runner import simulate_early_exit
 from helpers import generator, new_seed
-from test_runner import thresholds_between_scores
+from test_runner import check_infer_matches_simulation, thresholds_between_scores
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,15 +31,7 @@ def test_infer_matches_dense_simulation(criterion, backend):
     seed = new_seed()
     model = small_msdnet(seed).set_backend(backend)
     x = torch.randn(24, 3, 32, 32, generator=generator(seed))
-    with torch.inference_mode():
-        all_logits = model(x)
-        thr = thresholds_between_scores(all_logits, criterion)
-        got = model.infer(x, thr, criterion)
-    want = simulate_early_exit(all_logits, thr, criterion)
-    assert torch.equal(got.exit_index, want.exit_index), f"seed={seed}"
-    assert torch.equal(got.pred, want.pred), f"seed={seed}"
-    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got.score, want.score, atol=1e-4, rtol=1e-4)
+    check_infer_matches_simulation(model, x, criterion, seed, tol=1e-4)
 
 
 def test_infer_is_batch_invariant():

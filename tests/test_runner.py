@@ -72,12 +72,30 @@ def thresholds_between_scores(all_logits, criterion):
     for z in all_logits[:-1]:
         score = gate_scores(z, criterion)
         s = score[left].sort().values
+        if len(s) < 2:  # too few left to split: nobody leaves here
+            thr.append(math.inf if criterion == "confidence" else 0.0)
+            continue
         i = len(s) // 2
         lo = max(i - 3, 0)
         j = lo + int((s[1:] - s[:-1])[lo: i + 3].argmax())
         thr.append(((s[j] + s[j + 1]) / 2).item())
         left &= ~exits(score, thr[-1], criterion)
     return thr + [0.5]
+
+
+def check_infer_matches_simulation(model, x, criterion, seed, tol=1e-5):
+    """model.infer equals the dense simulation of model(x) at thresholds between the scores;
+    returns (infer's output, thresholds)."""
+    with torch.inference_mode():
+        all_logits = model(x)
+        thr = thresholds_between_scores(all_logits, criterion)
+        got = model.infer(x, thr, criterion)
+    want = simulate_early_exit(all_logits, thr, criterion)
+    assert torch.equal(got.exit_index, want.exit_index), f"seed={seed}"
+    assert torch.equal(got.pred, want.pred), f"seed={seed}"
+    torch.testing.assert_close(got.logits, want.logits, atol=tol, rtol=tol)
+    torch.testing.assert_close(got.score, want.score, atol=max(tol, 2e-5), rtol=max(tol, 2e-5))
+    return got, thr
 
 
 @pytest.mark.parametrize("kind", ["mlp", "multiscale"])
