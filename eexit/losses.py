@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["joint_loss"]
+__all__ = ["joint_loss", "msdnet_loss"]
 
 Weights = Union[Sequence[float], torch.Tensor]
 
@@ -75,3 +75,10 @@ def joint_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
         term = w[k] * F.cross_entropy(out, target)
         total = term if total is None else total + term
     return total
+
+
+def msdnet_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
+                weights: Optional[Weights] = None) -> torch.Tensor:
+    """MSDNet's training objective (official ``main.py``: the cross-entropy of every classifier,
+    summed; optional per-exit weights): the same weighted sum as :func:`joint_loss`."""
+    return joint_loss(outputs, target, weights)

@@ -80,3 +80,19 @@ def test_thresholds_must_fit_the_model():
         model.infer(torch.randn(2, 3, 32, 32), [0.5, 0.5])
     with pytest.raises(ValueError, match=r"thresholds\[0\]"):
         model.infer(torch.randn(2, 3, 32, 32), [-0.5, 0.5, 0.5, 0.5])
+
+
+def test_msdnet_loss_is_the_sum_of_exit_cross_entropies_and_trains():
+    import torch.nn.functional as F
+
+    from eexit.losses import msdnet_loss
+
+    model = small_msdnet(new_seed()).set_backend("reference").train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    outs = model(x)
+    loss = msdnet_loss(outs, y)
+    torch.testing.assert_close(loss, sum(F.cross_entropy(o, y) for o in outs))
+    torch.testing.assert_close(msdnet_loss(outs, y, [0.0, 1.0, 0.0, 2.0]),
+                               F.cross_entropy(outs[1], y) + 2 * F.cross_entropy(outs[3], y))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
