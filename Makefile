@@ -32,7 +32,12 @@ test: build
 
 bench: build
 	mkdir -p benchmarks/results
-	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-json=benchmarks/results/latest.json
-	$(PY) benchmarks/strip_json.py benchmarks/results/latest.json
-	$(PY) benchmarks/report.py benchmarks/results/latest.json
-	@echo "copy the table into benchmarks/results/<name>-<device>-<date>.md"
+	for f in exit_gate dense branchynet msdnet; do \
+	  $(PY) -m pytest -q -p no:cacheprovider benchmarks/test_bench_$$f.py --benchmark-json=benchmarks/results/latest-$$f.json && \
+	  $(PY) benchmarks/strip_json.py benchmarks/results/latest-$$f.json || exit 1; \
+	done
+	$(PY) benchmarks/report.py benchmarks/results/latest-exit_gate.json
+	$(PY) benchmarks/report_dense.py benchmarks/results/latest-dense.json
+	$(PY) benchmarks/report_early_exit.py benchmarks/results/latest-branchynet.json
+	$(PY) benchmarks/report_early_exit.py benchmarks/results/latest-msdnet.json
+	@echo "copy the tables into benchmarks/results/<name>-<device>-<date>.md"

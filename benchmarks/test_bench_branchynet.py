@@ -47,5 +47,5 @@ def test_branchynet(benchmark, device, name, batch, impl):
         benchmark.group = f"branchynet {device} {name} batch={batch}"
         benchmark.extra_info.update(device=device, model=name, batch=batch, impl=impl, target_fractions=fractions,
                                     paper_speedup=paper, **cost)
-        rounds = 3 if name == "b-resnet110" else 5
+        rounds = 7 if name == "b-resnet110" else 15
         benchmark.pedantic(fn, args=(x,), rounds=rounds, iterations=1, warmup_rounds=1)

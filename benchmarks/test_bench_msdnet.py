@@ -42,4 +42,4 @@ def test_msdnet(benchmark, device, impl):
         benchmark.group = f"msdnet {device} cifar100-anytime batch=256"
         benchmark.extra_info.update(device=device, model="msdnet-cifar-anytime", batch=256, impl=impl,
                                     target_fractions=fractions, **cost)
-        benchmark.pedantic(fn, args=(x,), rounds=5, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(fn, args=(x,), rounds=11, iterations=1, warmup_rounds=1)
