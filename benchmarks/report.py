@@ -24,18 +24,24 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def machine_lines(data: dict, cuda: bool) -> list:
+    """The header lines naming the machine a pytest-benchmark JSON was measured on."""
+    info = data.get("machine_info", {})
+    lines = [f"- CPU: {cpu_name()} ({info.get('cpu', {}).get('count', '?')} logical cores)",
+             f"- torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    if cuda:
+        lines.append(f"- GPU: {torch.cuda.get_device_name()}")
+    return lines
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     med = defaultdict(dict)
     for b in data["benchmarks"]:
         e = b["extra_info"]
         med[(e["device"], e["criterion"], e["n"], e["c"])][e["impl"]] = b["stats"]["median"]
-    info = data.get("machine_info", {})
     print(f"# exit_gate benchmark — {data.get('datetime', '')[:10]}\n")
-    print(f"- CPU: {cpu_name()} ({info.get('cpu', {}).get('count', '?')} logical cores)")
-    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if any(k[0] == "cuda" for k in med):
-        print(f"- GPU: {torch.cuda.get_device_name()}")
+    print("\n".join(machine_lines(data, any(k[0] == "cuda" for k in med))))
     print()
     print("Medians in microseconds; ratio = other / fused (higher means the fused op is faster).")
     print(f"Targets on CPU: eager/fused >= {TARGET['eager']}, compile/fused >= {TARGET['compile']}.\n")

@@ -7,9 +7,8 @@ import json
 import sys
 from collections import defaultdict
 
-import torch
 
-from report import cpu_name
+from report import machine_lines
 
 TARGET = 1.3  # eager/fused on every shape
 NOISY = 1.25  # flag a benchmark whose median exceeds its min by more than this factor
@@ -30,12 +29,8 @@ def main(path: str) -> None:
     layouts = sorted({e["layout"] for v in info.values() for e in v.values()})
     dtypes = sorted({e["dtype"] for v in info.values() for e in v.values()})
     rounds = sorted({e["rounds"] for v in info.values() for e in v.values()})
-    machine = data.get("machine_info", {})
     print(f"# DenseConcatBlock benchmark — {data.get('datetime', '')[:10]}\n")
-    print(f"- CPU: {cpu_name()} ({machine.get('cpu', {}).get('count', '?')} logical cores)")
-    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if any(k[0] == "cuda" for k in med):
-        print(f"- GPU: {torch.cuda.get_device_name()}")
+    print("\n".join(machine_lines(data, any(k[0] == "cuda" for k in med))))
     print(f"- forward, eval mode, inference_mode, {'/'.join(dtypes)}, input layout {'/'.join(layouts)}, bn_size 4")
     print(f"- pedantic: 1 warm-up round, then {rounds[0]}–{rounds[-1]} rounds of 1 call each "
           "(rounds chosen per benchmark from one warm call's time)")

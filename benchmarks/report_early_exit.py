@@ -9,9 +9,8 @@ import json
 import sys
 from collections import defaultdict
 
-import torch
 
-from report import cpu_name
+from report import machine_lines
 
 
 def main(path: str) -> None:
@@ -23,9 +22,7 @@ def main(path: str) -> None:
         groups[key][e["impl"]] = b["stats"]["median"]
         groups[key].setdefault("info", {}).update(e)
     print(f"# early-exit benchmark — {data.get('datetime', '')[:10]}\n")
-    print(f"- CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if any(k[0] == "cuda" for k in groups):
-        print(f"- GPU: {torch.cuda.get_device_name()}")
+    print("\n".join(machine_lines(data, any(k[0] == "cuda" for k in groups))))
     print("\nBatch 1 rows time 32 samples one after the other. Medians in ms.\n")
     print("| device | model | batch | exit fractions (measured) | infer ms | full ms | simulate ms | speedup | "
           "cost ratio | speedup / cost ratio | paper speedup |")
