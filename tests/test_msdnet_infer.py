@@ -96,3 +96,30 @@ def test_msdnet_loss_is_the_sum_of_exit_cross_entropies_and_trains():
                                F.cross_entropy(outs[1], y) + 2 * F.cross_entropy(outs[3], y))
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("prune", ["max", "min"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
+def test_fused_blocks_grow_in_per_scale_buffers(monkeypatch, prune, fmt):
+    """The fused path never concatenates per layer (ScaleConv.forward is the reference's cat) and
+    equals the reference, scale drops and transitions included."""
+    from eexit.models.msdnet import ScaleConv
+
+    seed = new_seed()
+    torch.manual_seed(seed)
+    model = MSDNet(3, 8, 2, 2, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=10, dataset="cifar", prune=prune).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(3, 3, 32, 32, generator=generator(seed)).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        ref = model.set_backend("reference")(x)
+
+        def no_cat(*args, **kwargs):
+            raise AssertionError("the fused path concatenated a layer")
+
+        monkeypatch.setattr(ScaleConv, "forward", no_cat)
+        fused = model.set_backend("fused")(x)
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m: f"seed={seed} {m}")

@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel
+from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel, FusedModule
+from eexit.nn.backend import memory_format_of
 
 Features = List[torch.Tensor]
 DATASETS = ("cifar", "imagenet")
@@ -156,12 +157,66 @@ class MSDTransition(nn.Module):
         return [conv(t) for conv, t in zip(self.m, x)]
 
 
-class MSDBlock(nn.Sequential):
+class MSDBlock(nn.Sequential, FusedModule):
     """The layers between two exits (one stage): [stem,] MSDLayer / MSDTransition ...
 
     Input: the image [N, 3, H, W] for block 0, else the previous block's maps; output: the list of
     per-scale maps [N, C_s, H_s, W_s] (finest remaining scale first).
+
+    The reference backend concatenates at every layer (``torch.cat``). The fused paths run each
+    stretch of consecutive MSD layers in per-scale concat buffers (:func:`grow_in_buffers`).
     """
+
+    def forward(self, x: Union[torch.Tensor, Features]) -> Features:
+        if self._path(x if isinstance(x, torch.Tensor) else x[0]) == "reference":
+            return nn.Sequential.forward(self, x)
+        units = list(self)
+        i = 0
+        while i < len(units):
+            j = i
+            while j < len(units) and isinstance(units[j], MSDLayer):
+                j += 1
+            if j > i:
+                x = grow_in_buffers(x, units[i:j])
+                i = j
+            else:
+                x = units[i](x)
+                i += 1
+        return x
+
+
+def grow_in_buffers(feats: Features, layers: Sequence[MSDLayer]) -> Features:
+    """Consecutive MSD layers with one preallocated concat buffer per scale: each scale's input is
+    copied in once, and every layer writes its strided-conv and same-scale outputs straight into
+    their channel slices (order [old, down, normal], as the reference's cat), reading only the
+    channels that existed before the layer. Returns the full buffers of the scales left."""
+    positions = list(range(len(feats)))  # index into feats of each scale still in use, finest first
+    total = {p: t.shape[1] for p, t in enumerate(feats)}
+    for layer in layers:
+        if len(positions) != layer.in_scales:
+            raise ValueError(f"MSDLayer: expected {layer.in_scales} scales, got {len(positions)}")
+        positions = positions[layer.discard:]
+        for p, unit in zip(positions, layer.layers):
+            total[p] += unit.conv_normal.out_channels + (unit.conv_down.out_channels if unit.conv_down else 0)
+    bufs = []
+    for p, t in enumerate(feats):
+        buf = torch.empty((t.shape[0], total[p], *t.shape[2:]), dtype=t.dtype, device=t.device,
+                          memory_format=memory_format_of(t))
+        buf[:, : t.shape[1]].copy_(t)
+        bufs.append(buf)
+    count = {p: t.shape[1] for p, t in enumerate(feats)}
+    positions = list(range(len(feats)))
+    for layer in layers:
+        inputs = {p: bufs[p][:, : count[p]] for p in positions}  # the layer's input: channels before it
+        out = positions[layer.discard:]
+        for j, (p, unit) in enumerate(zip(out, layer.layers)):
+            new = ([unit.conv_down(inputs[positions[j + layer.discard - 1]])] if unit.conv_down else []) + \
+                  [unit.conv_normal(inputs[p])]
+            for y in new:
+                bufs[p][:, count[p]: count[p] + y.shape[1]].copy_(y)
+                count[p] += y.shape[1]
+        positions = out
+    return [bufs[p] for p in positions]
 
 
 class MSDClassifier(nn.Module):
@@ -321,6 +376,7 @@ class MSDNet(EarlyExitModel):
             c_last = n_in * gr_factor[-1]
             hidden = 128 if dataset == "cifar" else c_last
             self.classifier.append(MSDClassifier(c_last, hidden, num_classes, backend))
+        self.set_backend(backend)  # the blocks too
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())

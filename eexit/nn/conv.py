@@ -24,6 +24,10 @@ class ConvStack(FusedModule):
 
     net: nn.Sequential
 
+    @property
+    def out_channels(self) -> int:
+        return self.units()[-1][0].out_channels
+
     def units(self) -> List[Tuple[nn.Conv2d, nn.BatchNorm2d]]:
         return [(m, self.net[i + 1]) for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d)]
 
