@@ -136,9 +136,10 @@ def threshold_sweep(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence
             exit_of[here] = k
             left &= ~here
         acc = correct.t().gather(1, exit_of.t()).t()  # [M, N]: whether sample i is right where it leaves
-        counts = torch.stack([(exit_of == k).sum(1) for k in range(k_exits)], 1).double() / n
-        for row, accuracy, c, frac in zip(idx.tolist(), acc.double().mean(1).tolist(), (counts @ cost).tolist(),
-                                          counts.tolist()):
+        counts = torch.stack([(exit_of == k).sum(1) for k in range(k_exits)], 1).double()  # whole numbers
+        # sums of whole counts before the one division: ties between combinations stay exact
+        for row, accuracy, c, frac in zip(idx.tolist(), (acc.sum(1).double() / n).tolist(),
+                                          ((counts @ cost) / n).tolist(), (counts / n).tolist()):
             thr = tuple(per_exit[k][g] for k, g in enumerate(row)) + (never_exits(criterion),)
             points.append(ParetoPoint(thr, accuracy, c, tuple(frac)))
     points.sort(key=lambda p: (p.cost, -p.accuracy))

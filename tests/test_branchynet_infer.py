@@ -19,7 +19,9 @@ def test_infer(name, criterion):
     torch.manual_seed(seed)
     net = build().eval()
     x = torch.randn(12, *size, generator=generator(seed))
-    got, thr = check_infer_matches_simulation(net, x, criterion, seed, tol=1e-4)
+    # logits reach hundreds after 110 float32 conv layers whose blocking depends on the batch size
+    # (the compacted batch is smaller than the dense one): relative 1e-3, decisions exact
+    got, thr = check_infer_matches_simulation(net, x, criterion, seed, tol=1e-3)
     with torch.inference_mode():
         for i in (0, 11):
             one = net.infer(x[i: i + 1], thr, criterion)
