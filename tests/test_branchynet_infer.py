@@ -19,9 +19,17 @@ def test_infer(name, criterion):
     torch.manual_seed(seed)
     net = build().eval()
     x = torch.randn(12, *size, generator=generator(seed))
-    # logits reach hundreds after 110 float32 conv layers whose blocking depends on the batch size
-    # (the compacted batch is smaller than the dense one): relative 1e-3, decisions exact
-    got, thr = check_infer_matches_simulation(net, x, criterion, seed, tol=1e-3)
+    # Chainer's initialisation gives logits in the hundreds (confidence 1, entropy 0 for every
+    # sample): scale each exit's last Linear so its logits are O(10) and the scores spread out,
+    # as a trained network's would; this test is about infer's semantics, not the init.
+    with torch.inference_mode():
+        peaks = [z.abs().max().item() for z in net(x)]
+    with torch.no_grad():
+        for head, peak in zip(net.exits, peaks):
+            last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.mul_(10.0 / peak)
+            last.bias.mul_(10.0 / peak)
+    got, thr = check_infer_matches_simulation(net, x, criterion, seed, tol=1e-4)
     with torch.inference_mode():
         for i in (0, 11):
             one = net.infer(x[i: i + 1], thr, criterion)

@@ -93,7 +93,9 @@ def check_infer_matches_simulation(model, x, criterion, seed, tol=1e-5):
     want = simulate_early_exit(all_logits, thr, criterion)
     assert torch.equal(got.exit_index, want.exit_index), f"seed={seed}"
     assert torch.equal(got.pred, want.pred), f"seed={seed}"
-    torch.testing.assert_close(got.logits, want.logits, atol=tol, rtol=tol)
+    # float32 error accumulates relative to the activations' magnitude: bound it by the largest logit
+    scale = max(want.logits.abs().max().item(), 1.0)
+    torch.testing.assert_close(got.logits, want.logits, atol=tol * scale, rtol=tol)
     torch.testing.assert_close(got.score, want.score, atol=max(tol, 2e-5), rtol=max(tol, 2e-5))
     return got, thr
 
