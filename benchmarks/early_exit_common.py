@@ -5,7 +5,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from eexit.calibrate import budgeted_thresholds
-from eexit.flops import stage_costs
+from eexit.flops import actual_exit_costs, stage_costs
 from eexit.reference import gate_scores
 from eexit.runner import run_early_exit
 from eexit.timing import all_exits, full_network
@@ -22,11 +22,7 @@ def calibrate(net, x_cal: torch.Tensor, fractions: Sequence[float], criterion: s
 def costs(net, input_size) -> Dict[str, object]:
     """Per-sample multiply-adds: what a sample leaving at exit k pays, and the full network."""
     s, h = stage_costs(net, input_size)
-    paid, total = [], 0.0
-    for sk, hk in zip(s, h):
-        total += sk + hk
-        paid.append(total)
-    return {"exit_costs": paid, "full_cost": sum(s) + h[-1]}
+    return {"exit_costs": actual_exit_costs(net, input_size), "full_cost": sum(s) + h[-1]}
 
 
 def contenders(net, thresholds, criterion: str):

@@ -36,3 +36,18 @@ def random_logits(n: int, c: int, dtype: torch.dtype, device: str, gen: torch.Ge
 
 def passes(score: torch.Tensor, threshold: float, criterion: str) -> torch.Tensor:
     return score >= threshold if criterion == "confidence" else score < threshold
+
+
+def randomise_bn(model, gen: torch.Generator, mean_std: float = 0.2, affine: bool = False):
+    """Non-trivial BatchNorm running statistics (mean ~ N(0, mean_std), var in [0.5, 1.5)), and
+    with ``affine`` weight in [0.5, 1.5) and bias ~ N(0, 0.3): folding then really changes weights."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=gen) * mean_std)
+            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+            if affine:
+                with torch.no_grad():
+                    m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=gen) * 0.3)
+    return model

@@ -10,7 +10,7 @@ from eexit.flops import actual_exit_costs, exit_costs, expected_cost, stage_cost
 from eexit.models import PRESETS, MSDNet, msdnet_cifar_anytime, msdnet_cifar_budgeted, msdnet_imagenet
 from eexit.models.msdnet import ScaleConv
 from eexit.nn import set_backend
-from helpers import generator, new_seed
+from helpers import generator, new_seed, randomise_bn
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,15 +199,6 @@ def test_concatenation_order():
         torch.testing.assert_close(y[:, 6:10], unit.conv_down(finer))
         torch.testing.assert_close(y[:, 10:], unit.conv_normal(same))
     assert unit.conv_down.net[0].out_channels == 4  # bottleneck at the finer scale: min(4, 1 * 4)
-
-
-def randomise_bn(model, gen):
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-    return model
 
 
 def test_forward_and_exit_stages():

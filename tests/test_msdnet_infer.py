@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from eexit.models import MSDNet, msdnet_cifar_anytime
-from helpers import generator, new_seed
+from helpers import generator, new_seed, randomise_bn
 from test_runner import check_infer_matches_simulation, thresholds_between_scores
 
 
@@ -15,11 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def small_msdnet(seed):
     torch.manual_seed(seed)
     model = MSDNet(4, 8, 2, 1, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=10, dataset="cifar").eval()
-    for m in model.modules():  # non-trivial BatchNorm statistics, and spread-out confidences
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    for head in model.classifier:
+    randomise_bn(model, generator(seed))
+    for head in model.classifier:  # spread-out confidences
         with torch.no_grad():
             head.linear.weight.mul_(20.0)
     return model
@@ -108,10 +105,7 @@ def test_fused_blocks_grow_in_per_scale_buffers(monkeypatch, prune, fmt):
     seed = new_seed()
     torch.manual_seed(seed)
     model = MSDNet(3, 8, 2, 2, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=10, dataset="cifar", prune=prune).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
+    randomise_bn(model, generator(seed))
     x = torch.randn(3, 3, 32, 32, generator=generator(seed)).contiguous(memory_format=fmt)
     with torch.inference_mode():
         ref = model.set_backend("reference")(x)

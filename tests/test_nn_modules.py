@@ -5,24 +5,11 @@ import torch
 from torch import nn
 
 from eexit.nn import BottleneckConv, ConvBNReLU, DenseConcatBlock, set_backend
-from helpers import generator, new_seed
+from helpers import generator, new_seed, randomise_bn
 
 # Folded BatchNorm reassociates float32 products: a few ulps of the activations' scale.
 MODULE_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=5e-2, rtol=5e-2)}
 FORMATS = [torch.contiguous_format, torch.channels_last]
-
-
-def randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, so folding is exercised."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.3)
-    return model
 
 
 def make(kind: str, seed: int) -> nn.Module:
@@ -39,7 +26,7 @@ def make(kind: str, seed: int) -> nn.Module:
         m = BottleneckConv(6, 5, "down", bottleneck=False)
     else:
         m = DenseConcatBlock(5, 3, 6, bn_size=2)
-    return randomise_bn(m, generator(seed)).eval()
+    return randomise_bn(m, generator(seed), mean_std=0.5, affine=True).eval()
 
 
 KINDS = ["conv3x3", "conv_stem_7x7", "bottleneck_normal", "bottleneck_down", "plain_down", "dense6"]
