@@ -75,13 +75,17 @@ setup(
     name="eexit",
     version="0.1.0",
     description="Real sample-level early exit for PyTorch: fused exit-gate, compaction and dense-block kernels.",
-    packages=["eexit", "eexit.nn", "eexit.models", "eexit.kernels"],
+    packages=["eexit", "eexit.cli", "eexit.data", "eexit.nn", "eexit.models", "eexit.kernels"],
     package_dir={"eexit": "eexit", "eexit.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.6,<2.16", "numpy"],
-    extras_require={"triton": ["triton>=3.2"]},
+    extras_require={
+        "triton": ["triton>=3.2"],
+        # the command line: digits (scikit-learn), progress bars, the demo's plot, image folders
+        "cli": ["scikit-learn>=1.2", "tqdm>=4.60", "matplotlib>=3.6", "pillow>=9"],
+    },
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    entry_points={"console_scripts": ["eexit=eexit.__main__:main"]},
+    entry_points={"console_scripts": ["eexit=eexit.cli:main"]},
 )

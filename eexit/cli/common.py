@@ -1,0 +1,105 @@
+"""Options and loading shared by the commands."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple
+
+import torch
+from torch import nn
+
+from eexit import checkpoint, data, zoo
+from eexit.devices import resolve_device
+from eexit.evaluate import InputSpec
+
+
+def common_options() -> argparse.ArgumentParser:
+    """--device and --progress, which every command takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress bars on stderr: auto (when it is a terminal), on or off")
+    return p
+
+
+def add_subject_options(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    """What a command evaluates: an eexit checkpoint, or with --official a checkpoint of the
+    official MSDNet-PyTorch code plus the model and data it was trained on."""
+    g = parser.add_argument_group("model and data")
+    g.add_argument("--checkpoint", required=checkpoint_required, type=Path, metavar="PATH",
+                   help="checkpoint written by eexit train (or by the official MSDNet code with --official)")
+    g.add_argument("--official", action="store_true",
+                   help="the checkpoint comes from github.com/kalviny/MSDNet-PyTorch (main.py's "
+                        "{'state_dict': ...} with the module. prefix, or a bare state_dict); needs --model and --data")
+    g.add_argument("--model", choices=list(zoo.MODELS), metavar="NAME",
+                   help="with --official: the MSDNet preset the checkpoint was trained as (" +
+                   ", ".join(m for m, e in zoo.MODELS.items() if e.official) + ")")
+    g.add_argument("--data", choices=data.DATASETS,
+                   help="with --official: its data set (default: the one recorded in an eexit checkpoint)")
+    g.add_argument("--data-dir", metavar="PATH",
+                   help="where the data set lies (default: the folder recorded in an eexit checkpoint)")
+    g.add_argument("--split-seed", type=int, default=0, help="with --official: seed of the validation hold-out")
+    g.add_argument("--val-size", type=int, help="with --official: size of the validation hold-out")
+    g.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+
+
+class Subject(NamedTuple):
+    """A loaded model (eval mode, on its device) with the splits and input spec of its data."""
+
+    model: nn.Module
+    name: str
+    splits: data.ImageSplits
+    spec: InputSpec
+    path: Path
+    device: torch.device
+
+
+def load_subject(args: argparse.Namespace) -> Subject:
+    """The model and data named by :func:`add_subject_options`' options."""
+    device = resolve_device(args.device)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.official:
+        if not args.model or not args.data:
+            raise ValueError("--official needs --model (the MSDNet preset) and --data")
+        entry = zoo.entry(args.model)
+        if entry.official is None:
+            raise ValueError(f"--official: {args.model} has no official checkpoints; one of "
+                             + ", ".join(m for m, e in zoo.MODELS.items() if e.official))
+        splits = data.load_splits(args.data, args.data_dir, split_seed=args.split_seed, val_size=args.val_size,
+                                  image_size=entry.input_shape[1])
+        if not args.checkpoint.is_file():
+            raise ValueError(f"checkpoint {args.checkpoint} does not exist")
+        from eexit.models import MSDNet
+
+        try:
+            model = MSDNet.load_official(args.checkpoint, preset=entry.official, num_classes=len(splits.classes))
+        except (RuntimeError, EOFError) as err:
+            raise ValueError(f"checkpoint {args.checkpoint} is corrupt or not a torch file ({err})") from None
+        name = args.model
+    else:
+        if args.model or args.data:
+            raise ValueError("--model and --data go with --official; an eexit checkpoint records them")
+        ckpt = checkpoint.load(args.checkpoint)
+        model, name = checkpoint.build_model(ckpt, args.checkpoint), ckpt["model"]
+        info: Dict[str, Any] = ckpt["data"]
+        entry = zoo.entry(name)
+        splits = data.load_splits(info["name"], args.data_dir or info["data_dir"], split_seed=info["split_seed"],
+                                  val_size=info["val_size"], image_size=entry.input_shape[1])
+        if list(splits.classes) != list(info["classes"]):
+            raise ValueError(f"the data at {args.data_dir or info['data_dir']} has classes {list(splits.classes)[:5]}..., "
+                             f"the checkpoint was trained on {info['classes'][:5]}...")
+    spec = InputSpec(entry.input_shape, splits.mean, splits.std)
+    return Subject(model.to(device).eval(), name, splits, spec, args.checkpoint, device)
+
+
+def fmt_threshold(t: float) -> str:
+    return "inf" if t == math.inf else f"{t:.4g}"
+
+
+def table(headers: List[str], rows: List[List[str]]) -> str:
+    """A plain text table, right-aligned columns."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])

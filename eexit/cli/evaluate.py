@@ -1,0 +1,88 @@
+"""``eexit eval``: accuracy and cost per exit, and at calibrated thresholds with real early exit."""
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List
+
+import torch
+
+from eexit import checkpoint
+from eexit.cli.calibrate import points_table
+from eexit.cli.common import add_subject_options, common_options, load_subject, table
+from eexit.evaluate import collect_logits, model_costs, model_inputs, operating_point, per_exit_accuracy
+from eexit.progress import bar
+from eexit.runner import check_thresholds
+
+HELP = "accuracy and cost per exit and at the calibrated thresholds"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", parents=[common_options()], help=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Evaluates a checkpoint on a data split: each exit's accuracy and cost (MFLOPs per sample, "
+        "the official MSDNet counter's cumulative figure and what real early exit pays), then, at every "
+        "operating point of <checkpoint>.thresholds.json (eexit calibrate) and at --thresholds, the "
+        "accuracy of real early exit (model.infer), the share of samples leaving at each exit and the mean "
+        "cost. Example: eexit eval --checkpoint runs/msdnet.pt --split test; for a checkpoint of the official "
+        "code: eexit eval --official --checkpoint model_best.pth.tar --model msdnet-cifar-anytime "
+        "--data cifar100 --data-dir ~/data")
+    add_subject_options(p)
+    p.add_argument("--split", choices=["test", "val"], default="test", help="data split to evaluate")
+    p.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                   help="an extra operating point: one threshold per exit, or one for all ('inf': nobody leaves)")
+    p.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence",
+                   help="exit rule of --thresholds (the calibrated points keep their own)")
+    p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    p.set_defaults(run=run)
+
+
+@torch.inference_mode()
+def infer_accuracy(subject, dataset, thresholds: List[float], criterion: str, batch_size: int) -> float:
+    """Accuracy of real early exit (``model.infer``) over a whole split."""
+    right = total = 0
+    steps = (len(dataset) + batch_size - 1) // batch_size
+    for x, y in bar(model_inputs(dataset, subject.spec, batch_size, subject.device), total=steps, desc="infer"):
+        pred = subject.model.infer(x, thresholds, criterion).pred.cpu()
+        right += int((pred == y).sum())
+        total += len(y)
+    return right / total
+
+
+def run(args: argparse.Namespace) -> None:
+    subject = load_subject(args)
+    dataset = getattr(subject.splits, args.split)
+    logits, labels = collect_logits(subject.model, dataset, subject.spec, args.batch_size, subject.device,
+                                    desc=args.split)
+    costs = model_costs(subject.model, subject.spec.shape)
+    acc = per_exit_accuracy(logits, labels)
+    print(f"{subject.name} on the {args.split} split ({len(labels)} samples); "
+          f"full network {100 * acc[-1]:.2f}% at {costs.full / 1e6:.3f} MFLOPs per sample")
+    print(table(["exit", "accuracy %", "MFLOPs (official)", "MFLOPs (actual)"],
+                [[str(k), f"{100 * a:.2f}", "n/a" if costs.official is None else f"{costs.official[k] / 1e6:.3f}",
+                  f"{c / 1e6:.3f}"] for k, (a, c) in enumerate(zip(acc, costs.actual))]))
+    points: List[Dict[str, object]] = []
+    file = checkpoint.thresholds_path(args.checkpoint)
+    if file.is_file():
+        saved = checkpoint.load_thresholds(args.checkpoint)
+        points += [dict(p, criterion=saved["criterion"]) for p in saved["points"]]
+    if args.thresholds is not None:
+        thr = check_thresholds(args.thresholds if len(args.thresholds) > 1 else args.thresholds[0],
+                               logits.shape[0], args.criterion)
+        points.append(dict(name="--thresholds", method="given", thresholds=thr, criterion=args.criterion))
+    for p in points:
+        p["thresholds"] = check_thresholds([float(t) for t in p["thresholds"]], logits.shape[0], p["criterion"])
+        p[args.split] = operating_point(logits, labels, p["thresholds"], p["criterion"], costs)
+        p[args.split]["infer_accuracy"] = infer_accuracy(subject, dataset, p["thresholds"], p["criterion"],
+                                                         args.batch_size)
+    if points:
+        print()
+        print(points_table(points, args.split, costs))
+        worst = max(abs(p[args.split]["infer_accuracy"] - p[args.split]["accuracy"]) for p in points)
+        print(f"real early exit (model.infer) vs the simulation from every exit's logits: accuracy differs by "
+              f"at most {100 * worst:.2f} points")
+    else:
+        print(f"\nno operating points: run eexit calibrate (writes {file}) or pass --thresholds")
+    if args.json:
+        checkpoint.save_json(dict(model=subject.name, split=args.split, samples=len(labels), exit_accuracy=acc,
+                                  costs=costs._asdict(), points=points), args.json)
+        print(f"wrote {args.json}")

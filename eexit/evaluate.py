@@ -1,0 +1,126 @@
+"""Evaluation of early-exit models on a data split: every exit's logits once, then accuracy, exit
+counts and cost at any thresholds from those cached logits; and the wall-clock of real early exit."""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+
+from eexit import flops, reference
+from eexit.data import batches
+from eexit.data.transforms import to_model_input
+from eexit.nn.backend import set_backend
+from eexit.progress import bar
+from eexit.runner import simulate_early_exit
+from eexit.timing import all_exits, full_network, median_ms
+
+
+class InputSpec(NamedTuple):
+    """What the model takes: shape (C, H, W) and the per-channel normalisation of the data."""
+
+    shape: Sequence[int]
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+class Costs(NamedTuple):
+    """Multiply-adds per sample: ``official[k]`` (the official MSDNet counter, cumulative at exit k;
+    None for a model whose Linear layers are not exactly its exits' last layers, e.g. B-LeNet),
+    ``actual[k]`` (what real early exit pays for a sample leaving at exit k: stages and heads 1..k)
+    and ``full`` (the network without early exit: every stage and the last head only)."""
+
+    official: Optional[List[float]]
+    actual: List[float]
+    full: float
+
+
+def model_costs(model: nn.Module, shape: Sequence[int]) -> Costs:
+    s_costs, h_costs = flops.stage_costs(model, tuple(shape))
+    official = flops.exit_costs(model, tuple(shape))
+    return Costs(official if len(official) == len(h_costs) else None, flops.actual_exit_costs(model, tuple(shape)),
+                 sum(s_costs) + h_costs[-1])
+
+
+def model_inputs(dataset, spec: InputSpec, batch_size: int, device: torch.device, workers: int = 0,
+                 indices: torch.Tensor = None):
+    """Yields (x float32 [B, *spec.shape] normalised on ``device``, labels int64 [B]) over the dataset
+    (or ``indices`` of it) in order."""
+    idx = torch.arange(len(dataset)) if indices is None else indices
+    for x, y in batches(dataset, idx, batch_size, workers):
+        yield to_model_input(x, spec.shape, spec.mean, spec.std).to(device), y
+
+
+@torch.inference_mode()
+def collect_logits(model: nn.Module, dataset, spec: InputSpec, batch_size: int = 256,
+                   device: torch.device = torch.device("cpu"), workers: int = 0, desc: str = "evaluating"):
+    """Every exit's logits for every sample: (float32 [K, N, C] on the CPU, labels int64 [N])."""
+    model.eval()
+    outs, labels = [], []
+    steps = (len(dataset) + batch_size - 1) // batch_size
+    for x, y in bar(model_inputs(dataset, spec, batch_size, device, workers), total=steps, desc=desc):
+        outs.append(torch.stack([z.float().cpu() for z in model(x)]))
+        labels.append(y)
+    if not outs:
+        raise ValueError(f"{desc}: the data split is empty")
+    return torch.cat(outs, 1), torch.cat(labels)
+
+
+def exit_scores(logits: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Scores float32 [K, N] (max probability or entropy) of logits [K, N, C]."""
+    return torch.stack([reference.gate_scores(z, criterion) for z in logits])
+
+
+def per_exit_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> List[float]:
+    """Accuracy of each exit's argmax if every sample left there."""
+    return (logits.argmax(2) == labels).double().mean(1).tolist()
+
+
+def operating_point(logits: torch.Tensor, labels: torch.Tensor, thresholds: Sequence[float], criterion: str,
+                    costs: Costs) -> Dict[str, object]:
+    """Accuracy, exit counts and mean costs (MFLOPs per sample, both conventions) when each sample
+    takes the first exit whose score passes ``thresholds``: from cached logits [K, N, C]."""
+    out = simulate_early_exit(list(logits), list(thresholds), criterion)
+    counts = torch.bincount(out.exit_index, minlength=logits.shape[0]).tolist()
+    n = max(len(labels), 1)
+    return dict(
+        accuracy=float((out.pred == labels).double().mean()),
+        exit_counts=counts,
+        exit_fractions=[c / n for c in counts],
+        cost_mflops=flops.expected_cost(counts, costs.actual) / 1e6,
+        official_cost_mflops=None if costs.official is None else flops.expected_cost(counts, costs.official) / 1e6,
+        cost_fraction=flops.expected_cost(counts, costs.actual) / costs.full,
+    )
+
+
+@torch.inference_mode()
+def time_model(model: nn.Module, x: torch.Tensor, thresholds: Sequence[Sequence[float]], criterion: str,
+               backends: Sequence[str] = ("fused", "reference"), reps: int = 7) -> Dict[str, Dict[str, object]]:
+    """Median ms per batch of the full network (every stage, last exit), the official-style
+    simulation (every exit for every sample) and real early exit at each of ``thresholds``, per
+    backend; the runs of one backend are interleaved so that machine drift hits them alike.
+
+    Returns ``{backend: {"full_ms": m, "simulate_ms": m, "infer_ms": [m per thresholds]}}``.
+    The model's backend is restored afterwards.
+    """
+    model.eval()
+    saved = [(m, m.backend) for m in model.modules() if hasattr(m, "backend")]
+    stages, exits = model.exit_stages()
+    device = x.device
+    runs = [("full_ms", lambda: full_network(stages, exits, x)), ("simulate_ms", lambda: all_exits(stages, exits, x))]
+    runs += [(i, (lambda t=t: model.infer(x, t, criterion))) for i, t in enumerate(thresholds)]
+    result = {}
+    try:
+        for backend in backends:
+            set_backend(model, backend)
+            samples = {name: [] for name, _ in runs}
+            for _ in bar(range(reps), desc=f"timing ({backend})"):
+                for name, fn in runs:
+                    samples[name].append(median_ms(fn, 1, warmup=0 if samples[name] else 1, device=device))
+            med = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+            result[backend] = dict(full_ms=med["full_ms"], simulate_ms=med["simulate_ms"],
+                                   infer_ms=[med[i] for i in range(len(thresholds))])
+    finally:
+        for m, b in saved:
+            m.backend = b
+    return result
