@@ -7,6 +7,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from eexit._checks import check_criterion
+from eexit.progress import bar
 
 
 def never_exits(criterion: str) -> float:
@@ -127,7 +128,7 @@ def threshold_sweep(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence
     correct = correct.bool()
     combos = torch.cartesian_prod(*[torch.arange(len(g)) for g in per_exit]).reshape(-1, k_exits - 1)
     points = []
-    for start in range(0, combos.shape[0], chunk):
+    for start in bar(range(0, combos.shape[0], chunk), desc="threshold sweep"):
         idx = combos[start: start + chunk]
         exit_of = torch.full((idx.shape[0], n), k_exits - 1, dtype=torch.long)
         left = torch.ones(idx.shape[0], n, dtype=torch.bool)
