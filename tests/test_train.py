@@ -116,13 +116,22 @@ def test_two_process_gloo_training_equals_one_process(tmp_path, one_thread):
     seed = new_seed()
     out = tmp_path / "ddp.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "eexit",
-           "train", "--model", "b-lenet", "--data", "digits", "--epochs", "2", "--batch-size", "50",
-           "--optimizer", "sgd", "--lr", "0.02", "--augment", "none", "--seed", str(seed), "--out", str(out)]
+           "train", "--model", "b-lenet", "--data", "digits", "--epochs", "1", "--batch-size", "200",
+           "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "1e-4", "--augment", "none", "--seed", str(seed),
+           "--out", str(out)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("epoch 2/2") == 1, "only rank 0 reports"
-    single = train(lenet(tmp_path / "one.pt", epochs=2, batch_size=50, optimizer="sgd", lr=0.02, weight_decay=1e-4,
-                         augment="none", seed=seed), log=lambda *_: None)
+    assert res.stdout.count("epoch 1/1") == 1, "only rank 0 reports"
+    same = dict(optimizer="sgd", lr=0.05, weight_decay=1e-4, augment="none", seed=seed)
+    single = train(lenet(tmp_path / "one.pt", epochs=1, batch_size=200, **same), log=lambda *_: None)
     ddp = checkpoint.load(out)
-    assert ddp["epoch"] == 2
-    assert_same_weights(single["state_dict"], ddp["state_dict"], f"seed={seed}: DDP vs one process", tol=1e-5)
+    assert ddp["epoch"] == 1
+    # rounding differs (two half-batch gradients summed vs one), and an early ReLU or max-pool tie that
+    # flips amplifies it (seen: up to 3e-5 of the weights' norm), while a step on other samples or
+    # on half the batch moves them by 5e-2 of it
+    flat = lambda sd: torch.cat([v.flatten() for v in sd.values()])  # noqa: E731
+    rel = lambda a, b: ((flat(a) - flat(b)).norm() / flat(b).norm()).item()  # noqa: E731
+    assert rel(ddp["state_dict"], single["state_dict"]) < 1e-3, f"seed={seed}: DDP vs one process"
+    half = train(lenet(tmp_path / "half.pt", epochs=1, batch_size=100, **same), log=lambda *_: None)
+    gap = rel(half["state_dict"], single["state_dict"])
+    assert gap > 1e-2, f"seed={seed}: the comparison cannot tell batch 100 from 200 ({gap})"
