@@ -186,10 +186,12 @@ class MSDBlock(nn.Sequential, FusedModule):
 
 
 def grow_in_buffers(feats: Features, layers: Sequence[MSDLayer]) -> Features:
-    """Consecutive MSD layers with one preallocated concat buffer per scale: each scale's input is
-    copied in once, and every layer writes its strided-conv and same-scale outputs straight into
-    their channel slices (order [old, down, normal], as the reference's cat), reading only the
-    channels that existed before the layer. Returns the full buffers of the scales left."""
+    """Consecutive MSD layers with one preallocated concat buffer per scale (in the input's memory
+    format): each scale's input is copied in once, then every layer puts its strided-conv and
+    same-scale outputs into their channel slices (order [old, down, normal], as the reference's cat),
+    reading only the channels that existed before the layer (:meth:`ConvStack.into`: in place by the
+    Triton kernels' channel windows for channels_last buffers, else computed and copied). Returns
+    the full buffers of the scales left."""
     positions = list(range(len(feats)))  # index into feats of each scale still in use, finest first
     total = {p: t.shape[1] for p, t in enumerate(feats)}
     for layer in layers:
@@ -207,14 +209,14 @@ def grow_in_buffers(feats: Features, layers: Sequence[MSDLayer]) -> Features:
     count = {p: t.shape[1] for p, t in enumerate(feats)}
     positions = list(range(len(feats)))
     for layer in layers:
-        inputs = {p: bufs[p][:, : count[p]] for p in positions}  # the layer's input: channels before it
+        before = dict(count)  # each scale's channels before the layer: the layer's input
         out = positions[layer.discard:]
         for j, (p, unit) in enumerate(zip(out, layer.layers)):
-            new = ([unit.conv_down(inputs[positions[j + layer.discard - 1]])] if unit.conv_down else []) + \
-                  [unit.conv_normal(inputs[p])]
-            for y in new:
-                bufs[p][:, count[p]: count[p] + y.shape[1]].copy_(y)
-                count[p] += y.shape[1]
+            convs = ([(unit.conv_down, positions[j + layer.discard - 1])] if unit.conv_down else []) + \
+                    [(unit.conv_normal, p)]
+            for conv, src in convs:
+                conv.into(bufs[src], before[src], bufs[p], count[p])
+                count[p] += conv.out_channels
         positions = out
     return [bufs[p] for p in positions]
 

@@ -1,7 +1,7 @@
 """Conv -> BatchNorm -> ReLU stacks with MSDNet's layout (``net.{0,1,3,4}`` keys)."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,26 @@ class ConvStack(FusedModule):
                 x = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups).relu_()
             return x
 
-    def _triton(self, x: torch.Tensor, units) -> torch.Tensor:
+    def into(self, x: torch.Tensor, c_in: int, out: torch.Tensor, c_out0: int) -> None:
+        """``out[:, c_out0 : c_out0 + C_out] = self(x[:, :c_in])``, for concat buffers x and out (they
+        may be one tensor when the windows are disjoint). On the Triton path with channels_last
+        buffers the kernels read and write those channel windows in place (no slice copies);
+        otherwise the result is computed and copied in."""
+        units = self.units()
+        if units[0][0].in_channels != c_in:
+            raise ValueError(f"{type(self).__name__}.into: c_in must be {units[0][0].in_channels}, got {c_in}")
+        last = torch.channels_last
+        if self._path(x) == "triton" and all(triton_supports(c) for c, _ in units) \
+                and x.is_contiguous(memory_format=last) and out.is_contiguous(memory_format=last):
+            with torch.no_grad():
+                self._triton(x, units, out, c_out0)
+            return
+        y = self(x[:, :c_in])
+        out[:, c_out0: c_out0 + y.shape[1]].copy_(y)
+
+    def _triton(self, x: torch.Tensor, units, out: Optional[torch.Tensor] = None, c_out0: int = 0) -> torch.Tensor:
+        """The Triton kernels on x's first C_in channels; into ``out``'s window at ``c_out0`` when given
+        (channels_last, returned as is), else a new tensor in x's memory format."""
         from eexit import kernels
 
         fmt = memory_format_of(x)
@@ -60,12 +79,14 @@ class ConvStack(FusedModule):
         if len(units) == 2 and first.kernel_size == (1, 1) and first.stride == (1, 1) and first.padding == (0, 0) \
                 and last.kernel_size == (3, 3) and last.padding == (1, 1):
             (w1, s1, b1), (w2, s2, b2) = params
-            y = kernels.bottleneck_nhwc(x, w1, s1, b1, w2, s2, b2, stride=last.stride[0])
+            y = kernels.bottleneck_nhwc(x, w1, s1, b1, w2, s2, b2, stride=last.stride[0], out=out, c_out0=c_out0)
         else:
             y = x
-            for (conv, _), (w, s, b) in zip(units, params):
-                y = kernels.conv2d_nhwc(y, w, s, b, stride=conv.stride[0], padding=conv.padding[0], relu=True)
-        return y.contiguous(memory_format=fmt)
+            for i, ((conv, _), (w, s, b)) in enumerate(zip(units, params)):
+                final = i == len(units) - 1
+                y = kernels.conv2d_nhwc(y, w, s, b, stride=conv.stride[0], padding=conv.padding[0], relu=True,
+                                        out=out if final else None, c_out0=c_out0 if final else 0)
+        return y if out is not None else y.contiguous(memory_format=fmt)
 
 
 class ConvBNReLU(ConvStack):
