@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, Any]:
     splits = data.load_splits(cfg.data, cfg.data_dir, split_seed=cfg.split_seed, val_size=cfg.val_size,
                               image_size=entry.input_shape[1])
     spec = InputSpec(entry.input_shape, splits.mean, splits.std)
-    data_info = dict(name=cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed, val_size=cfg.val_size,
+    data_info = dict(name=cfg.data, data_dir=cfg.data_dir and os.path.abspath(cfg.data_dir), split_seed=cfg.split_seed, val_size=cfg.val_size,
                      classes=list(splits.classes), mean=list(splits.mean), std=list(splits.std))
     kind = cfg.augment or splits.augment
 

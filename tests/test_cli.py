@@ -100,7 +100,8 @@ def test_cifar_and_folder_data(tmp_path):
     ckpt = tmp_path / "cifar.pt"
     ok("train", "--model", "b-lenet", "--data", "cifar10", "--data-dir", archive, "--val-size", 5, "--epochs", 1,
        "--batch-size", 16, "--out", ckpt)
-    assert checkpoint.load(ckpt)["data"]["name"] == "cifar10"
+    data = checkpoint.load(ckpt)["data"]
+    assert data["name"] == "cifar10" and data["data_dir"] == str(archive.resolve()), "recorded as an absolute path"
     out = ok("eval", "--checkpoint", ckpt)
     assert "on the test split (9 samples)" in out
     gen = generator(new_seed())
