@@ -16,17 +16,15 @@ from typing import Dict, List
 
 import torch
 
-from eexit import checkpoint, ops
+from eexit import checkpoint, ops, zoo
 from eexit.cli.calibrate import calibrate_points
-from eexit.cli.common import common_options, fmt_threshold, table
+from eexit.cli.common import Subject, common_options, fmt_threshold, table
 from eexit.cli.evaluate import infer_accuracy
-from eexit.cli.common import Subject
 from eexit.data import load_splits
 from eexit.devices import resolve_device
 from eexit.evaluate import (InputSpec, collect_logits, model_costs, model_inputs, operating_point,
                             per_exit_accuracy, time_model)
 from eexit.train import TrainConfig, train
-from eexit import zoo
 
 HELP = "the main job on scikit-learn's digits: train, calibrate, evaluate, time, plot"
 #: the demo's models and their training recipes (epochs are set by --msdnet-epochs / --lenet-epochs)
