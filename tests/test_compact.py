@@ -69,7 +69,7 @@ def test_memory_format_is_kept(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_dense_inputs(device):
-    gen = generator(seed := new_seed())
+    gen = generator(new_seed())
     base = torch.randn(20, 6, 8, generator=gen).to(device)
     tensors = [base.transpose(1, 2), base[:, ::2], base[::2], base.permute(2, 1, 0)[:5].transpose(0, 1)]
     for t in tensors:
@@ -82,7 +82,7 @@ def test_non_dense_inputs(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_many_tensors_and_different_row_counts(device):
     """More tensors than one CUDA launch carries (64), and tensors with more rows than the index needs."""
-    gen = generator(seed := new_seed())
+    gen = generator(new_seed())
     tensors = [torch.randn(10 + i, 3, generator=gen).to(device) for i in range(70)]
     idx = torch.tensor([9, 2, 2, 0], device=device)
     check_same(ops.compact(tensors, idx), tensors, idx)

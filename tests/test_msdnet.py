@@ -61,7 +61,7 @@ def official_layout(nBlocks, nChannels, base, step, stepmode, growthRate, grFact
     for b in range(nBlocks):
         pos = 0
         if cur == 0:  # MSDNFirstLayer
-            first = f"blocks.0.0.layers.0"
+            first = "blocks.0.0.layers.0"
             if data.startswith("cifar"):
                 out.update(conv_basic(first, 3, nChannels * gr[0], 3))
             else:
