@@ -69,7 +69,7 @@ def test_memory_format_is_kept(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_dense_inputs(device):
-    gen = generator(new_seed())
+    gen = generator(seed := new_seed())
     base = torch.randn(20, 6, 8, generator=gen).to(device)
     tensors = [base.transpose(1, 2), base[:, ::2], base[::2], base.permute(2, 1, 0)[:5].transpose(0, 1)]
     for t in tensors:
