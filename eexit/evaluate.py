@@ -10,10 +10,10 @@ from torch import nn
 from eexit import flops, reference
 from eexit.data import batches
 from eexit.data.transforms import to_model_input
-from eexit.nn.backend import set_backend
+from eexit.nn.backend import restoring_backends, set_backend
 from eexit.progress import bar
 from eexit.runner import simulate_early_exit
-from eexit.timing import all_exits, full_network, median_ms
+from eexit.timing import all_exits, full_network, interleaved_medians
 
 
 class InputSpec(NamedTuple):
@@ -104,23 +104,14 @@ def time_model(model: nn.Module, x: torch.Tensor, thresholds: Sequence[Sequence[
     The model's backend is restored afterwards.
     """
     model.eval()
-    saved = [(m, m.backend) for m in model.modules() if hasattr(m, "backend")]
     stages, exits = model.exit_stages()
-    device = x.device
-    runs = [("full_ms", lambda: full_network(stages, exits, x)), ("simulate_ms", lambda: all_exits(stages, exits, x))]
-    runs += [(i, (lambda t=t: model.infer(x, t, criterion))) for i, t in enumerate(thresholds)]
+    runs = {"full_ms": lambda: full_network(stages, exits, x), "simulate_ms": lambda: all_exits(stages, exits, x)}
+    runs.update({i: (lambda t=t: model.infer(x, t, criterion)) for i, t in enumerate(thresholds)})
     result = {}
-    try:
+    with restoring_backends(model):
         for backend in backends:
             set_backend(model, backend)
-            samples = {name: [] for name, _ in runs}
-            for _ in bar(range(reps), desc=f"timing ({backend})"):
-                for name, fn in runs:
-                    samples[name].append(median_ms(fn, 1, warmup=0 if samples[name] else 1, device=device))
-            med = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+            med = interleaved_medians(runs, reps, x.device, desc=f"timing ({backend})")
             result[backend] = dict(full_ms=med["full_ms"], simulate_ms=med["simulate_ms"],
                                    infer_ms=[med[i] for i in range(len(thresholds))])
-    finally:
-        for m, b in saved:
-            m.backend = b
     return result

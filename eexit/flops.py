@@ -21,7 +21,7 @@ from typing import Iterator, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from eexit.nn import FusedModule
+from eexit.nn.backend import restoring_backends, set_backend
 
 InputSize = Union[int, Sequence[int]]
 _FREE = (nn.modules.batchnorm._NormBase, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
@@ -76,18 +76,14 @@ def _counting_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode, reference backend (the fused paths bypass the leaf modules) and no grad;
     restores every module's training flag and backend afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    backends = [(m, m.backend) for m in model.modules() if isinstance(m, FusedModule)]
     try:
-        model.eval()
-        for m, _ in backends:
-            m.backend = "reference"
-        with torch.no_grad():
+        with restoring_backends(model), torch.no_grad():
+            model.eval()
+            set_backend(model, "reference")
             yield
     finally:
         for m, training in modes:
             m.training = training
-        for m, backend in backends:
-            m.backend = backend
 
 
 def _dummy(model: nn.Module, input_size: InputSize) -> torch.Tensor:

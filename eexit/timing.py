@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, TypeVar
 
 import torch
 from torch import nn
 
+from eexit.progress import bar
 from eexit.runner import Thresholds, run_early_exit
+
+K = TypeVar("K", bound=Hashable)
 
 
 def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2, device: torch.device = torch.device("cpu")) -> float:
@@ -23,6 +26,19 @@ def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2, device: torc
         sync()
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2] * 1e3
+
+
+def interleaved_medians(runs: Mapping[K, Callable[[], object]], reps: int,
+                        device: torch.device = torch.device("cpu"), desc: Optional[str] = None) -> Dict[K, float]:
+    """Median ms of each of ``runs`` over ``reps`` rounds; every round times each run once, in turn,
+    so machine drift hits them alike (each run's first call gets one untimed warm-up). With ``desc``
+    a progress bar counts the rounds."""
+    samples: Dict[K, List[float]] = {name: [] for name in runs}
+    rounds = range(reps) if desc is None else bar(range(reps), desc=desc)
+    for _ in rounds:
+        for name, fn in runs.items():
+            samples[name].append(median_ms(fn, 1, warmup=0 if samples[name] else 1, device=device))
+    return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
 
 
 def full_network(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x) -> torch.Tensor:
@@ -53,12 +69,8 @@ def compare_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], 
         "simulate_ms": lambda: all_exits(stages, exits, x),
     }
     with torch.inference_mode():
-        samples = {k: [] for k in runs}
-        for _ in range(reps):
-            for name, fn in runs.items():
-                samples[name].append(median_ms(fn, 1, warmup=0 if samples[name] else 1, device=device))
+        result: Dict[str, object] = dict(interleaved_medians(runs, reps, device))
         out = run_early_exit(stages, exits, x, thresholds, criterion, use_reference)
-    result: Dict[str, object] = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
     n = max(out.exit_index.numel(), 1)
     result["exit_fractions"] = [float((out.exit_index == k).sum()) / n for k in range(len(exits))]
     return result

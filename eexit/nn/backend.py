@@ -15,8 +15,9 @@ do not require grad.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -37,6 +38,18 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
         if isinstance(m, FusedModule):
             m.backend = backend
     return model
+
+
+@contextlib.contextmanager
+def restoring_backends(model: nn.Module) -> Iterator[nn.Module]:
+    """Gives every eexit module inside ``model`` its backend back on leaving the block, whatever
+    :func:`set_backend` calls happened inside it."""
+    saved = [(m, m.backend) for m in model.modules() if isinstance(m, FusedModule)]
+    try:
+        yield model
+    finally:
+        for m, backend in saved:
+            m.backend = backend
 
 
 def triton_usable(device: torch.device) -> bool:
