@@ -21,7 +21,6 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
 from eexit import checkpoint, data, zoo
 from eexit.data.transforms import AUGMENTATIONS, augment, to_model_input
@@ -88,13 +87,6 @@ def _lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.1 ** ((step >= total // 2) + (step >= 3 * total // 4))  # step: /10 at 50% and 75%
 
 
-def _step_batches(dataset, chunks: List[torch.Tensor], workers: int):
-    """Batches (x, y) of ``dataset`` for each index chunk in turn; one DataLoader for a folder."""
-    if isinstance(dataset, data.TensorImages):
-        return (dataset.batch(c) for c in chunks)
-    return iter(DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers))
-
-
 def _distributed(device: str) -> tuple:
     """(rank, world size, local device) from torchrun's environment; joins the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -118,8 +110,9 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, Any]:
     splits = data.load_splits(cfg.data, cfg.data_dir, split_seed=cfg.split_seed, val_size=cfg.val_size,
                               image_size=entry.input_shape[1])
     spec = InputSpec(entry.input_shape, splits.mean, splits.std)
-    data_info = dict(name=cfg.data, data_dir=cfg.data_dir and os.path.abspath(cfg.data_dir), split_seed=cfg.split_seed, val_size=cfg.val_size,
-                     classes=list(splits.classes), mean=list(splits.mean), std=list(splits.std))
+    data_info = dict(name=cfg.data, data_dir=cfg.data_dir and os.path.abspath(cfg.data_dir),
+                     split_seed=cfg.split_seed, val_size=cfg.val_size, classes=list(splits.classes),
+                     mean=list(splits.mean), std=list(splits.std))
     kind = cfg.augment or splits.augment
 
     torch.manual_seed(cfg.seed)
@@ -169,7 +162,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, Any]:
         model.train()
         loss_sum, seen = 0.0, 0
         chunks = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size] for s in range(steps_per_epoch)]
-        steps = bar(zip(chunks, _step_batches(splits.train, [c[rank::world] for c in chunks], cfg.workers)),
+        steps = bar(zip(chunks, data.chunk_batches(splits.train, [c[rank::world] for c in chunks], cfg.workers)),
                     total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank > 0)
         for batch, (x, y) in steps:
             x = augment(to_model_input(x, spec.shape, spec.mean, spec.std), kind, aug_gen).to(device)

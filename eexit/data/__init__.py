@@ -7,19 +7,19 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from eexit.data.datasets import (IMAGE_EXTENSIONS, FolderImages, TensorImages, find_folder_images, load_cifar,
                                  load_digits_images)
 from eexit.data.transforms import AUGMENTATIONS, augment, to_model_input
 
 __all__ = ["AUGMENTATIONS", "DATASETS", "IMAGE_EXTENSIONS", "FolderImages", "ImageSplits", "TensorImages",
-           "augment", "batches", "find_folder_images", "load_cifar", "load_digits_images", "load_splits",
-           "to_model_input"]
+           "augment", "batches", "chunk_batches", "find_folder_images", "load_cifar", "load_digits_images",
+           "load_splits", "to_model_input"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder")
 
@@ -146,10 +146,14 @@ def batches(dataset: ImageDataset, indices: Tensor, batch_size: int,
     FolderImages are read by a DataLoader with ``workers`` worker processes."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return chunk_batches(dataset, torch.as_tensor(indices, dtype=torch.long).split(batch_size), workers)
+
+
+def chunk_batches(dataset: ImageDataset, chunks: Sequence[Tensor],
+                  workers: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
+    """One batch, as :func:`batches` gives them, per index chunk (int64 [B_i] each) in turn."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    indices = torch.as_tensor(indices, dtype=torch.long)
     if isinstance(dataset, TensorImages):
-        return (dataset.batch(chunk) for chunk in indices.split(batch_size))
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False, num_workers=workers)
-    return iter(loader)
+        return (dataset.batch(chunk) for chunk in chunks)
+    return iter(DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers))
