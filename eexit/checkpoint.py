@@ -20,7 +20,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import torch
 from torch import nn
@@ -57,17 +57,23 @@ def save(checkpoint: Dict[str, Any], path: PathLike) -> None:
     atomic_write(path, lambda f: torch.save({**checkpoint, "format": FORMAT}, f))
 
 
-def load(path: PathLike) -> Dict[str, Any]:
-    """Reads a checkpoint written by :func:`save` onto the CPU; ValueError naming the file when it
-    is missing, unreadable, or not an eexit checkpoint."""
+def read_torch(path: PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU (any torch checkpoint, e.g. the official
+    MSDNet code's); ValueError naming the file when it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
         raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def load(path: PathLike) -> Dict[str, Any]:
+    """Reads a checkpoint written by :func:`save` onto the CPU; ValueError naming the file when it
+    is missing, unreadable, or not an eexit checkpoint."""
+    ckpt = read_torch(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = " (a checkpoint of the official MSDNet code? use --official)" if isinstance(ckpt, dict) and \
             "state_dict" in ckpt else ""
@@ -115,17 +121,28 @@ def save_json(obj: Any, path: PathLike) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(_strict(obj), indent=2, allow_nan=False) + "\n").encode()))
 
 
+def save_thresholds(checkpoint_path: PathLike, model: str, criterion: str, full_accuracy: float, costs: Any,
+                    points: List[Dict[str, Any]]) -> Path:
+    """Writes the operating points chosen on the validation split next to the checkpoint
+    (:func:`thresholds_path`); ``costs``: :class:`eexit.evaluate.Costs`. Returns the file's path."""
+    path = thresholds_path(checkpoint_path)
+    save_json(dict(model=model, criterion=criterion, split="val", full_accuracy=full_accuracy,
+                   costs=costs._asdict(), points=points), path)
+    return path
+
+
 def load_thresholds(checkpoint_path: PathLike) -> Dict[str, Any]:
-    """The calibration file of a checkpoint; ValueError if there is none or it is malformed."""
+    """The calibration file of a checkpoint, each point's thresholds as floats (inf included);
+    ValueError if there is none or it is malformed."""
     path = thresholds_path(checkpoint_path)
     if not path.is_file():
         raise ValueError(f"no thresholds for {checkpoint_path}: {path} does not exist (run eexit calibrate)")
     try:
         data = json.loads(path.read_text())
-        points = data["points"]
-        for p in points:
+        for p in data["points"]:
             if not (isinstance(p["name"], str) and isinstance(p["thresholds"], list)):
                 raise TypeError
+            p["thresholds"] = [float(t) for t in p["thresholds"]]
         data["criterion"]
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{path} is not a thresholds file written by eexit calibrate") from None

@@ -83,13 +83,14 @@ def operating_point(logits: torch.Tensor, labels: torch.Tensor, thresholds: Sequ
     out = simulate_early_exit(list(logits), list(thresholds), criterion)
     counts = torch.bincount(out.exit_index, minlength=logits.shape[0]).tolist()
     n = max(len(labels), 1)
+    actual = flops.expected_cost(counts, costs.actual)
     return dict(
         accuracy=float((out.pred == labels).double().mean()),
         exit_counts=counts,
         exit_fractions=[c / n for c in counts],
-        cost_mflops=flops.expected_cost(counts, costs.actual) / 1e6,
+        cost_mflops=actual / 1e6,
         official_cost_mflops=None if costs.official is None else flops.expected_cost(counts, costs.official) / 1e6,
-        cost_fraction=flops.expected_cost(counts, costs.actual) / costs.full,
+        cost_fraction=actual / costs.full,
     )
 
 

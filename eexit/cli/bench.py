@@ -7,10 +7,10 @@ from typing import List
 import torch
 
 from eexit import checkpoint, zoo
-from eexit.cli.common import add_subject_options, common_options, fmt_threshold, load_subject, table
+from eexit.cli.common import (add_subject_options, common_options, fmt_threshold, load_subject, operating_points,
+                              table)
 from eexit.devices import resolve_device
 from eexit.evaluate import model_inputs, time_model
-from eexit.runner import check_thresholds
 
 HELP = "wall-clock table: real early exit vs the full network vs every exit for every sample"
 
@@ -42,7 +42,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.reps < 1 or args.batch_size < 1:
         raise ValueError(f"--reps and --batch-size must be >= 1, got {args.reps} and {args.batch_size}")
-    points = []
     if args.checkpoint is not None:
         subject = load_subject(args)
         model, name, device = subject.model, subject.name, subject.device
@@ -50,9 +49,6 @@ def run(args: argparse.Namespace) -> None:
         idx = torch.arange(args.batch_size) % len(test)
         x = torch.cat([b for b, _ in model_inputs(test, subject.spec, args.batch_size, device, indices=idx)])
         source = f"{args.batch_size} test samples" + (" (repeated)" if args.batch_size > len(test) else "")
-        if args.thresholds is None and checkpoint.thresholds_path(args.checkpoint).is_file():
-            saved = checkpoint.load_thresholds(args.checkpoint)
-            points = [(p["name"], [float(t) for t in p["thresholds"]], saved["criterion"]) for p in saved["points"]]
     else:
         if not args.model:
             raise ValueError("give --checkpoint, or --model for a network with random weights")
@@ -63,12 +59,10 @@ def run(args: argparse.Namespace) -> None:
         x = torch.randn(args.batch_size, *zoo.entry(name).input_shape, device=device)
         source = f"a random batch of {args.batch_size}, random weights"
     n_exits = len(model.exit_stages()[1])
-    if args.thresholds is not None:
-        points.append(("--thresholds", args.thresholds if len(args.thresholds) > 1 else args.thresholds[0],
-                       args.criterion))
+    points = [(p["name"], p["thresholds"], p["criterion"])
+              for p in operating_points(args, n_exits, saved=args.thresholds is None)]
     if not points:
         raise ValueError("no operating point: pass --thresholds (or calibrate the checkpoint first)")
-    points = [(n, check_thresholds(t, n_exits, c), c) for n, t, c in points]
     if len({c for _, _, c in points}) > 1:
         raise ValueError("the operating points mix criteria; pass --thresholds with the file's criterion")
     with torch.inference_mode():

@@ -10,7 +10,7 @@ import torch
 from eexit import calibrate as cal
 from eexit import checkpoint
 from eexit.cli.common import add_subject_options, common_options, fmt_threshold, load_subject, table
-from eexit.evaluate import Costs, collect_logits, exit_scores, model_costs, operating_point
+from eexit.evaluate import Costs, collect_logits, exit_scores, model_costs, operating_point, per_exit_accuracy
 
 HELP = "thresholds for a compute budget or an accuracy drop, from the validation split"
 
@@ -104,10 +104,8 @@ def run(args: argparse.Namespace) -> None:
     costs = model_costs(subject.model, subject.spec.shape)
     points = calibrate_points(logits, labels, costs, args.criterion, args.budget, args.budget_mflops,
                               args.exit_fractions, args.accuracy_drop)
-    out = checkpoint.thresholds_path(args.checkpoint)
-    checkpoint.save_json(dict(model=subject.name, criterion=args.criterion, split="val",
-                              full_accuracy=float((logits[-1].argmax(1) == labels).double().mean()),
-                              costs=costs._asdict(), points=points), out)
+    out = checkpoint.save_thresholds(args.checkpoint, subject.name, args.criterion,
+                                     per_exit_accuracy(logits, labels)[-1], costs, points)
     print(f"{subject.name}: {len(labels)} validation samples, full network {costs.full / 1e6:.3f} MFLOPs per sample")
     print(points_table(points, "val", costs))
     print(f"wrote {out}")

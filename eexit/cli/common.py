@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from torch import nn
 from eexit import checkpoint, data, zoo
 from eexit.devices import resolve_device
 from eexit.evaluate import InputSpec
+from eexit.runner import check_thresholds
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -60,38 +61,56 @@ def load_subject(args: argparse.Namespace) -> Subject:
     device = resolve_device(args.device)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.official:
-        if not args.model or not args.data:
-            raise ValueError("--official needs --model (the MSDNet preset) and --data")
-        entry = zoo.entry(args.model)
-        if entry.official is None:
-            raise ValueError(f"--official: {args.model} has no official checkpoints; one of "
-                             + ", ".join(m for m, e in zoo.MODELS.items() if e.official))
-        splits = data.load_splits(args.data, args.data_dir, split_seed=args.split_seed, val_size=args.val_size,
-                                  image_size=entry.input_shape[1])
-        if not args.checkpoint.is_file():
-            raise ValueError(f"checkpoint {args.checkpoint} does not exist")
-        from eexit.models import MSDNet
-
-        try:
-            model = MSDNet.load_official(args.checkpoint, preset=entry.official, num_classes=len(splits.classes))
-        except (RuntimeError, EOFError) as err:
-            raise ValueError(f"checkpoint {args.checkpoint} is corrupt or not a torch file ({err})") from None
-        name = args.model
-    else:
+    if not args.official:
         if args.model or args.data:
             raise ValueError("--model and --data go with --official; an eexit checkpoint records them")
-        ckpt = checkpoint.load(args.checkpoint)
-        model, name = checkpoint.build_model(ckpt, args.checkpoint), ckpt["model"]
-        info: Dict[str, Any] = ckpt["data"]
-        entry = zoo.entry(name)
-        splits = data.load_splits(info["name"], args.data_dir or info["data_dir"], split_seed=info["split_seed"],
-                                  val_size=info["val_size"], image_size=entry.input_shape[1])
-        if list(splits.classes) != list(info["classes"]):
-            raise ValueError(f"the data at {args.data_dir or info['data_dir']} has classes {list(splits.classes)[:5]}..., "
-                             f"the checkpoint was trained on {info['classes'][:5]}...")
+        return subject_from_checkpoint(args.checkpoint, device, args.data_dir)
+    if not args.model or not args.data:
+        raise ValueError("--official needs --model (the MSDNet preset) and --data")
+    entry = zoo.entry(args.model)
+    if entry.official is None:
+        raise ValueError(f"--official: {args.model} has no official checkpoints; one of "
+                         + ", ".join(m for m, e in zoo.MODELS.items() if e.official))
+    splits = data.load_splits(args.data, args.data_dir, split_seed=args.split_seed, val_size=args.val_size,
+                              image_size=entry.input_shape[1])
+    from eexit.models import MSDNet
+
+    model = MSDNet.load_official(checkpoint.read_torch(args.checkpoint), preset=entry.official,
+                                 num_classes=len(splits.classes))
     spec = InputSpec(entry.input_shape, splits.mean, splits.std)
-    return Subject(model.to(device).eval(), name, splits, spec, args.checkpoint, device)
+    return Subject(model.to(device).eval(), args.model, splits, spec, args.checkpoint, device)
+
+
+def subject_from_checkpoint(path: Path, device: torch.device, data_dir: Optional[str] = None) -> Subject:
+    """An eexit checkpoint's model with the splits it was trained on (read from ``data_dir`` when the
+    data moved since)."""
+    ckpt = checkpoint.load(path)
+    model, name = checkpoint.build_model(ckpt, path), ckpt["model"]
+    info: Dict[str, Any] = ckpt["data"]
+    entry = zoo.entry(name)
+    splits = data.load_splits(info["name"], data_dir or info["data_dir"], split_seed=info["split_seed"],
+                              val_size=info["val_size"], image_size=entry.input_shape[1])
+    if list(splits.classes) != list(info["classes"]):
+        raise ValueError(f"the data at {data_dir or info['data_dir']} has classes {list(splits.classes)[:5]}..., "
+                         f"the checkpoint was trained on {info['classes'][:5]}...")
+    spec = InputSpec(entry.input_shape, splits.mean, splits.std)
+    return Subject(model.to(device).eval(), name, splits, spec, Path(path), device)
+
+
+def operating_points(args: argparse.Namespace, n_exits: int, saved: bool) -> List[Dict[str, Any]]:
+    """The operating points a command evaluates: with ``saved`` those of ``<checkpoint>.thresholds.json``
+    (when the file exists), then ``--thresholds`` (one per exit, or one for all) with ``--criterion``.
+    Each is a dict with at least name, thresholds (checked against the model's ``n_exits``), criterion."""
+    points: List[Dict[str, Any]] = []
+    if saved and args.checkpoint is not None and checkpoint.thresholds_path(args.checkpoint).is_file():
+        file = checkpoint.load_thresholds(args.checkpoint)
+        points += [dict(p, criterion=file["criterion"]) for p in file["points"]]
+    if args.thresholds is not None:
+        given = args.thresholds if len(args.thresholds) > 1 else args.thresholds[0]
+        points.append(dict(name="--thresholds", method="given", thresholds=given, criterion=args.criterion))
+    for p in points:
+        p["thresholds"] = check_thresholds(p["thresholds"], n_exits, p["criterion"])
+    return points
 
 
 def fmt_threshold(t: float) -> str:

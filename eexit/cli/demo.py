@@ -16,14 +16,12 @@ from typing import Dict, List
 
 import torch
 
-from eexit import checkpoint, ops, zoo
+from eexit import checkpoint, ops
 from eexit.cli.calibrate import calibrate_points
-from eexit.cli.common import Subject, common_options, fmt_threshold, table
+from eexit.cli.common import common_options, fmt_threshold, subject_from_checkpoint, table
 from eexit.cli.evaluate import infer_accuracy
-from eexit.data import load_splits
 from eexit.devices import resolve_device
-from eexit.evaluate import (InputSpec, collect_logits, model_costs, model_inputs, operating_point,
-                            per_exit_accuracy, time_model)
+from eexit.evaluate import collect_logits, model_costs, model_inputs, operating_point, per_exit_accuracy, time_model
 from eexit.train import TrainConfig, train
 
 HELP = "the main job on scikit-learn's digits: train, calibrate, evaluate, time, plot"
@@ -65,22 +63,19 @@ def budgets(costs) -> List[float]:
     return sorted({round(lo + (hi - lo) * i / 5, 3) for i in range(6)})
 
 
-def evaluate_model(name: str, ckpt_path: Path, args: argparse.Namespace, device: torch.device) -> Dict[str, object]:
-    """Calibrates, evaluates and times one trained model; returns its record for demo.json."""
-    ckpt = checkpoint.load(ckpt_path)
-    model = checkpoint.build_model(ckpt, ckpt_path).to(device)
-    entry = zoo.entry(name)
-    splits = load_splits("digits", split_seed=args.seed)
-    spec = InputSpec(entry.input_shape, splits.mean, splits.std)
+def evaluate_model(name: str, ckpt_path: Path, trained: Dict[str, object], args: argparse.Namespace,
+                   device: torch.device) -> Dict[str, object]:
+    """Calibrates, evaluates and times one trained model (``trained``: what :func:`eexit.train.train`
+    returned); returns its record for demo.json."""
+    subject = subject_from_checkpoint(ckpt_path, device)
+    model, splits, spec = subject.model, subject.splits, subject.spec
     val_logits, val_labels = collect_logits(model, splits.val, spec, device=device, desc=f"{name} validation")
     test_logits, test_labels = collect_logits(model, splits.test, spec, device=device, desc=f"{name} test")
     costs = model_costs(model, spec.shape)
     points = calibrate_points(val_logits, val_labels, costs, args.criterion, budgets=budgets(costs),
                               accuracy_drops=[ACCURACY_DROP])
-    checkpoint.save_json(dict(model=name, criterion=args.criterion, split="val",
-                              full_accuracy=per_exit_accuracy(val_logits, val_labels)[-1], costs=costs._asdict(),
-                              points=points), checkpoint.thresholds_path(ckpt_path))
-    subject = Subject(model, name, splits, spec, ckpt_path, device)
+    val_acc = per_exit_accuracy(val_logits, val_labels)
+    checkpoint.save_thresholds(ckpt_path, name, args.criterion, val_acc[-1], costs, points)
     for p in points:
         p["test"] = operating_point(test_logits, test_labels, p["thresholds"], args.criterion, costs)
         p["test"]["infer_accuracy"] = infer_accuracy(subject, splits.test, p["thresholds"], args.criterion, 512)
@@ -89,8 +84,8 @@ def evaluate_model(name: str, ckpt_path: Path, args: argparse.Namespace, device:
     for i, p in enumerate(points):
         p["timing"] = {b: dict(infer_ms=t["infer_ms"][i], speedup_vs_full=t["full_ms"] / t["infer_ms"][i])
                        for b, t in timing.items()}
-    return dict(model=name, checkpoint=str(ckpt_path), epochs=ckpt["epoch"], history=ckpt["history"],
-                costs=costs._asdict(), val_exit_accuracy=per_exit_accuracy(val_logits, val_labels),
+    return dict(model=name, checkpoint=str(ckpt_path), epochs=trained["epoch"], history=trained["history"],
+                costs=costs._asdict(), val_exit_accuracy=val_acc,
                 test_exit_accuracy=per_exit_accuracy(test_logits, test_labels), samples_timed=len(x),
                 timing={b: dict(full_ms=t["full_ms"], simulate_ms=t["simulate_ms"]) for b, t in timing.items()},
                 points=points, operating_point=f"accuracy drop {ACCURACY_DROP:g}")
@@ -148,11 +143,11 @@ def run(args: argparse.Namespace) -> None:
     for name, epochs in (("msdnet-digits", args.msdnet_epochs), ("b-lenet", args.lenet_epochs)):
         path = args.out_dir / f"{name}.pt"
         t0 = time.perf_counter()
-        train(TrainConfig(model=name, data="digits", out=str(path), epochs=epochs, seed=args.seed,
-                          split_seed=args.seed, device=str(device), overwrite=True, **RECIPES[name]),
-              log=lambda msg: print(f"  [{name}] {msg}"))
+        trained = train(TrainConfig(model=name, data="digits", out=str(path), epochs=epochs, seed=args.seed,
+                                    split_seed=args.seed, device=str(device), overwrite=True, **RECIPES[name]),
+                        log=lambda msg: print(f"  [{name}] {msg}"))
         seconds = time.perf_counter() - t0
-        r = evaluate_model(name, path, args, device)
+        r = evaluate_model(name, path, trained, args, device)
         r["train_seconds"] = seconds
         results.append(r)
         print()

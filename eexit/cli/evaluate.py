@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List
+from typing import List
 
 import torch
 
 from eexit import checkpoint
 from eexit.cli.calibrate import points_table
-from eexit.cli.common import add_subject_options, common_options, load_subject, table
+from eexit.cli.common import add_subject_options, common_options, load_subject, operating_points, table
 from eexit.evaluate import collect_logits, model_costs, model_inputs, operating_point, per_exit_accuracy
 from eexit.progress import bar
-from eexit.runner import check_thresholds
 
 HELP = "accuracy and cost per exit and at the calibrated thresholds"
 
@@ -60,17 +59,8 @@ def run(args: argparse.Namespace) -> None:
     print(table(["exit", "accuracy %", "MFLOPs (official)", "MFLOPs (actual)"],
                 [[str(k), f"{100 * a:.2f}", "n/a" if costs.official is None else f"{costs.official[k] / 1e6:.3f}",
                   f"{c / 1e6:.3f}"] for k, (a, c) in enumerate(zip(acc, costs.actual))]))
-    points: List[Dict[str, object]] = []
-    file = checkpoint.thresholds_path(args.checkpoint)
-    if file.is_file():
-        saved = checkpoint.load_thresholds(args.checkpoint)
-        points += [dict(p, criterion=saved["criterion"]) for p in saved["points"]]
-    if args.thresholds is not None:
-        thr = check_thresholds(args.thresholds if len(args.thresholds) > 1 else args.thresholds[0],
-                               logits.shape[0], args.criterion)
-        points.append(dict(name="--thresholds", method="given", thresholds=thr, criterion=args.criterion))
+    points = operating_points(args, logits.shape[0], saved=True)
     for p in points:
-        p["thresholds"] = check_thresholds([float(t) for t in p["thresholds"]], logits.shape[0], p["criterion"])
         p[args.split] = operating_point(logits, labels, p["thresholds"], p["criterion"], costs)
         p[args.split]["infer_accuracy"] = infer_accuracy(subject, dataset, p["thresholds"], p["criterion"],
                                                          args.batch_size)
@@ -81,7 +71,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"real early exit (model.infer) vs the simulation from every exit's logits: accuracy differs by "
               f"at most {100 * worst:.2f} points")
     else:
-        print(f"\nno operating points: run eexit calibrate (writes {file}) or pass --thresholds")
+        print(f"\nno operating points: run eexit calibrate (writes {checkpoint.thresholds_path(args.checkpoint)}) "
+              "or pass --thresholds")
     if args.json:
         checkpoint.save_json(dict(model=subject.name, split=args.split, samples=len(labels), exit_accuracy=acc,
                                   costs=costs._asdict(), points=points), args.json)
