@@ -8,9 +8,8 @@ from typing import Iterable, Optional
 ENABLED: Optional[bool] = None
 
 
-def bar(iterable: Optional[Iterable] = None, total: Optional[int] = None, desc: str = "", disable: bool = False,
-        **kwargs):
-    """A tqdm bar over ``iterable`` (or a manual one of ``total`` steps); a silent pass-through when
+def bar(iterable: Iterable, total: Optional[int] = None, desc: str = "", disable: bool = False):
+    """A tqdm bar over ``iterable`` (``total``: its length when it has none); a silent pass-through when
     ``disable``, when bars are off (see :data:`ENABLED`) or when tqdm is missing."""
     try:
         from tqdm.auto import tqdm
@@ -19,29 +18,17 @@ def bar(iterable: Optional[Iterable] = None, total: Optional[int] = None, desc: 
     enabled = sys.stderr.isatty() if ENABLED is None else ENABLED
     if tqdm is None or not enabled or disable:
         return _Silent(iterable)
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, **kwargs)
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 class _Silent:
-    """What :func:`bar` returns when bars are off: iterates, and ignores updates."""
+    """What :func:`bar` returns when bars are off: iterates, and ignores the postfix."""
 
-    def __init__(self, iterable: Optional[Iterable]) -> None:
+    def __init__(self, iterable: Iterable) -> None:
         self._it = iterable
 
     def __iter__(self):
         return iter(self._it)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def update(self, n: int = 1) -> None:
-        return None
-
     def set_postfix(self, *args, **kwargs) -> None:
-        return None
-
-    def close(self) -> None:
         return None
