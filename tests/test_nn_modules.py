@@ -162,6 +162,27 @@ def test_backend_errors(monkeypatch):
         BottleneckConv(4, 4, kind="up")
     with pytest.raises(ValueError, match="expected input"):
         DenseConcatBlock(4, 2, 2)(torch.randn(1, 3, 4, 4))
+    buf = torch.zeros(1, 9, 4, 4)
+    with pytest.raises(ValueError, match=r"BottleneckConv.into: c_in must be 5, got 4"):
+        BottleneckConv(5, 2).eval().into(buf, 4, buf, 5)
+    assert buf.eq(0).all(), "nothing written"
+
+
+def test_into_writes_only_its_window():
+    """ConvStack.into on the CPU fused path: out[:, c_out0:c_out0+C_out] = module(x[:, :c_in]), and
+    the rest of the buffer (here x itself) untouched."""
+    seed = new_seed()
+    gen = generator(seed)
+    conv = BottleneckConv(5, 3, "normal")
+    randomise_bn(conv, gen, affine=True)
+    conv.eval()
+    buf = torch.randn(2, 11, 7, 5, generator=gen)
+    before = buf.clone()
+    with torch.no_grad():
+        want = conv.set_backend("reference")(buf[:, :5])
+        conv.set_backend("fused").into(buf, 5, buf, 6)
+    torch.testing.assert_close(buf[:, 6:9], want, **MODULE_TOL[torch.float32], msg=lambda m: f"seed={seed} {m}")
+    assert torch.equal(buf[:, :6], before[:, :6]) and torch.equal(buf[:, 9:], before[:, 9:]), f"seed={seed}"
 
 
 def test_set_backend_is_recursive_on_any_model():
