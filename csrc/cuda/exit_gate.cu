@@ -1,8 +1,15 @@
 // CUDA exit gate: a group of threads per row (one warp, or a whole block when
 // C is large) computes the row's online max / sum-exp / entropy, pred and exit
-// flag; one block then compacts the flags into exit and keep rows, stably.
-// Two launches on the current stream and one device-to-host copy of the count.
+// flag; CUB's single-pass partition (block scan with decoupled look-back) then
+// splits the rows into exits and keeps. All on the current stream, with one
+// device-to-host copy of the count.
 // Semantics match csrc/cpu/gate_kernel.h (see there for the inf and NaN rules).
+// CUB lives in eexit's own namespace, apart from torch's copy (as ATen wraps
+// its own); Thrust stays global, as torch's headers name it.
+#define CUB_WRAPPED_NAMESPACE eexit_cub
+#include <cub/device/device_partition.cuh>
+#include <thrust/iterator/counting_iterator.h>
+
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -23,7 +30,6 @@ constexpr float kMinExp = -86.5f;  // as the CPU kernel: -inf terms stay tiny no
 constexpr int64_t kNoIndex = INT64_MAX;
 constexpr int kLargeC = 4096;  // from here on a whole block works on a row
 constexpr int kBlockRowThreads = 256;
-constexpr int kScanThreads = 1024;
 
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
@@ -174,43 +180,6 @@ __global__ void gate_block_kernel(const T* __restrict__ x, int64_t N, int64_t C,
   }
 }
 
-// Stable compaction of flags into exit rows and keep rows, by one block:
-// chunks of blockDim.x rows, a block-wide exclusive scan per chunk.
-__global__ void compact_flags_kernel(const uint8_t* __restrict__ flag, int64_t N, int64_t* __restrict__ exit_rows,
-                                     int64_t* __restrict__ keep_rows, int64_t* __restrict__ n_exit) {
-  __shared__ int warp_sums[kScanThreads / 32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  int64_t carry = 0;  // exits before this chunk
-  for (int64_t base = 0; base < N; base += blockDim.x) {
-    const int64_t r = base + threadIdx.x;
-    const int f = r < N ? flag[r] : 0;
-    int incl = f;  // inclusive scan within the warp
-    for (int d = 1; d < 32; d <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, d);
-      if (lane >= d) incl += v;
-    }
-    if (lane == 31) warp_sums[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-      int w = lane < n_warps ? warp_sums[lane] : 0;
-      for (int d = 1; d < 32; d <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, w, d);
-        if (lane >= d) w += v;
-      }
-      if (lane < n_warps) warp_sums[lane] = w;  // inclusive over warps
-    }
-    __syncthreads();
-    const int64_t before = carry + (warp > 0 ? warp_sums[warp - 1] : 0) + incl - f;
-    if (r < N) {
-      if (f) exit_rows[before] = r;
-      else keep_rows[r - before] = r;
-    }
-    carry += warp_sums[n_warps - 1];
-    __syncthreads();  // warp_sums is rewritten by the next chunk
-  }
-  if (threadIdx.x == 0) *n_exit = carry;
-}
-
 template <typename T>
 void launch_gate(const at::Tensor& x, bool entropy, float thr, at::Tensor& score, at::Tensor& pred,
                  at::Tensor& flag, cudaStream_t stream) {
@@ -252,13 +221,19 @@ GateResult exit_gate_cuda(const at::Tensor& logits, double threshold, c10::strin
     case at::kHalf: launch_gate<__half>(x, entropy, thr, score, pred, flag, stream); break;
     default: launch_gate<__nv_bfloat16>(x, entropy, thr, score, pred, flag, stream); break;
   }
-  // Rows go into one buffer: exits from the front, keeps from position N.
-  at::Tensor rows = at::empty({2 * N + 1}, pred.options());
+  // Partition row numbers by flag: exits in order at the front, keeps in reverse
+  // order behind them; the count goes in the last slot.
+  at::Tensor rows = at::empty({N + 1}, pred.options());
   int64_t* rp = rows.mutable_data_ptr<int64_t>();
-  compact_flags_kernel<<<1, kScanThreads, 0, stream>>>(flag.const_data_ptr<uint8_t>(), N, rp, rp + N, rp + 2 * N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t n_exit = rows[2 * N].item<int64_t>();  // the one device-to-host copy
-  return {rows.narrow(0, 0, n_exit).clone(), rows.narrow(0, N, N - n_exit).clone(), pred, score};
+  const thrust::counting_iterator<int64_t> iota(0);
+  const uint8_t* fp = flag.const_data_ptr<uint8_t>();
+  size_t temp_bytes = 0;
+  C10_CUDA_CHECK(CUB_NS_QUALIFIER::DevicePartition::Flagged(nullptr, temp_bytes, iota, fp, rp, rp + N, N, stream));
+  at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, opts.dtype(at::kByte));
+  C10_CUDA_CHECK(CUB_NS_QUALIFIER::DevicePartition::Flagged(temp.mutable_data_ptr(), temp_bytes, iota, fp, rp,
+                                                            rp + N, N, stream));
+  const int64_t n_exit = rows[N].item<int64_t>();  // the one device-to-host copy
+  return {rows.narrow(0, 0, n_exit).clone(), rows.narrow(0, n_exit, N - n_exit).flip(0), pred, score};
 }
 
 }  // namespace
