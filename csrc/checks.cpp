@@ -1,5 +1,6 @@
 #include "eexit.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -45,6 +46,54 @@ void check_compact_args(at::TensorList tensors, const at::Tensor& index) {
     TORCH_CHECK_VALUE(t.dim() >= 1, "compact: tensors[", i, "] must have rank >= 1 (rows on dim 0), got a scalar");
     TORCH_CHECK_VALUE(t.device() == index.device(), "compact: tensors[", i, "] is on ", t.device(),
                       " but index is on ", index.device());
+  }
+}
+
+void check_append_args(const at::Tensor& buf, const at::Tensor& src, int64_t c0, const std::optional<at::Tensor>& pre,
+                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
+  TORCH_CHECK_VALUE(buf.dim() == 4, "append_channels: buf must have shape [N, C, H, W] (rank 4), got shape ",
+                    buf.sizes());
+  const auto dt = buf.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+                   "append_channels: buf must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK_VALUE(src.dim() == 4, "append_channels: src must have shape [N, C, H, W] (rank 4), got shape ",
+                    src.sizes());
+  TORCH_CHECK_TYPE(src.scalar_type() == dt, "append_channels: src must have buf's dtype ", dt, ", got ",
+                   src.scalar_type());
+  TORCH_CHECK_VALUE(src.device() == buf.device(), "append_channels: src is on ", src.device(), " but buf is on ",
+                    buf.device());
+  TORCH_CHECK_VALUE(src.size(0) == buf.size(0) && src.size(2) == buf.size(2) && src.size(3) == buf.size(3),
+                    "append_channels: src must have buf's batch and spatial sizes ", buf.sizes(), ", got ",
+                    src.sizes());
+  const int64_t c = c0 + src.size(1);
+  TORCH_CHECK_VALUE(c0 >= 0 && c <= buf.size(1), "append_channels: the window [c0, c0 + C_src) = [", c0, ", ", c,
+                    ") must lie within buf's ", buf.size(1), " channels");
+  TORCH_CHECK_VALUE(at::has_internal_overlap(buf) != at::MemOverlap::Yes,
+                    "append_channels: buf must not have overlapping elements (e.g. an expanded tensor)");
+  TORCH_CHECK_VALUE(!src.is_alias_of(buf), "append_channels: src must not share memory with buf");
+  const bool any = pre.has_value() || scale.has_value() || shift.has_value();
+  TORCH_CHECK_VALUE(!any || (pre.has_value() && scale.has_value() && shift.has_value()),
+                    "append_channels: pre, scale and shift must be given together");
+  if (!any) return;
+  TORCH_CHECK_TYPE(pre->scalar_type() == dt, "append_channels: pre must have buf's dtype ", dt, ", got ",
+                   pre->scalar_type());
+  TORCH_CHECK_VALUE(pre->device() == buf.device(), "append_channels: pre is on ", pre->device(), " but buf is on ",
+                    buf.device());
+  TORCH_CHECK_VALUE(pre->dim() == 4 && pre->size(0) == buf.size(0) && pre->size(1) == c &&
+                        pre->size(2) == buf.size(2) && pre->size(3) == buf.size(3),
+                    "append_channels: pre must have shape [", buf.size(0), ", ", c, ", ", buf.size(2), ", ",
+                    buf.size(3), "] (c0 + C_src channels), got ", pre->sizes());
+  TORCH_CHECK_VALUE(at::has_internal_overlap(*pre) != at::MemOverlap::Yes,
+                    "append_channels: pre must not have overlapping elements (e.g. an expanded tensor)");
+  TORCH_CHECK_VALUE(!pre->is_alias_of(buf) && !pre->is_alias_of(src),
+                    "append_channels: pre must not share memory with buf or src");
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"scale", *scale}, {"shift", *shift}}) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "append_channels: ", name, " must be float32, got ",
+                     t.scalar_type());
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == c, "append_channels: ", name, " must have shape [", c,
+                      "] (c0 + C_src), got ", t.sizes());
+    TORCH_CHECK_VALUE(t.device() == buf.device(), "append_channels: ", name, " is on ", t.device(),
+                      " but buf is on ", buf.device());
   }
 }
 

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
+
 namespace eexit {
 
 enum class Criterion { Confidence, Entropy };
@@ -28,6 +30,21 @@ at::MemoryFormat row_memory_format(const at::Tensor& t);
 // index: int64, rank 1, on the device of every tensor; every tensor has rank >= 1.
 // Values of index are checked by the device implementations.
 void check_compact_args(at::TensorList tensors, const at::Tensor& index);
+
+// buf [N, C_buf, H, W] and src [N, C_src, H, W]: 4-D, one dtype (float32/float16/
+// bfloat16) and device, src's window [c0, c0 + C_src) inside buf. pre, scale and
+// shift come together: pre [N, c0 + C_src, H, W] like buf, scale and shift float32
+// [c0 + C_src]. src and pre share no memory with buf (nor pre with src), and buf
+// and pre have no overlapping elements.
+void check_append_args(const at::Tensor& buf, const at::Tensor& src, int64_t c0, const std::optional<at::Tensor>& pre,
+                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift);
+
+// append_channels by ATen ops, for any device and layout (registered as the
+// CompositeExplicitAutograd kernel; the CPU kernel falls back to it for tensors
+// whose channels are not innermost).
+void append_channels_composite(const at::Tensor& buf, const at::Tensor& src, int64_t c0,
+                               const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& scale,
+                               const std::optional<at::Tensor>& shift);
 
 // The gate's outputs, in schema order.
 using GateResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

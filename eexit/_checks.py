@@ -76,6 +76,61 @@ def check_compact_args(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> 
             raise ValueError(f"compact: tensors[{i}] is on {t.device} but index is on {index.device}")
 
 
+def check_append_args(buf, src, c0, pre=None, scale=None, shift=None) -> None:
+    """append_channels' arguments (see :func:`eexit.reference.append_channels`)."""
+    if not isinstance(buf, torch.Tensor) or not isinstance(src, torch.Tensor):
+        raise TypeError("append_channels: buf and src must be torch.Tensors")
+    if buf.dim() != 4:
+        raise ValueError(f"append_channels: buf must have shape [N, C, H, W] (rank 4), got shape {tuple(buf.shape)}")
+    if buf.dtype not in GATE_DTYPES:
+        raise TypeError(f"append_channels: buf must be float32, float16 or bfloat16, got {buf.dtype}")
+    if src.dim() != 4:
+        raise ValueError(f"append_channels: src must have shape [N, C, H, W] (rank 4), got shape {tuple(src.shape)}")
+    if src.dtype != buf.dtype:
+        raise TypeError(f"append_channels: src must have buf's dtype {buf.dtype}, got {src.dtype}")
+    if src.device != buf.device:
+        raise ValueError(f"append_channels: src is on {src.device} but buf is on {buf.device}")
+    if (src.shape[0], *src.shape[2:]) != (buf.shape[0], *buf.shape[2:]):
+        raise ValueError(f"append_channels: src must have buf's batch and spatial sizes {tuple(buf.shape)}, "
+                         f"got {tuple(src.shape)}")
+    if isinstance(c0, bool) or not isinstance(c0, int):
+        raise TypeError(f"append_channels: c0 must be an int, got {type(c0).__name__}")
+    c = c0 + src.shape[1]
+    if c0 < 0 or c > buf.shape[1]:
+        raise ValueError(f"append_channels: the window [c0, c0 + C_src) = [{c0}, {c}) must lie within buf's "
+                         f"{buf.shape[1]} channels")
+    if torch._debug_has_internal_overlap(buf) == 1:
+        raise ValueError("append_channels: buf must not have overlapping elements (e.g. an expanded tensor)")
+    if torch._C._is_alias_of(src, buf):
+        raise ValueError("append_channels: src must not share memory with buf")
+    given = [t is not None for t in (pre, scale, shift)]
+    if any(given) and not all(given):
+        raise ValueError("append_channels: pre, scale and shift must be given together")
+    if pre is None:
+        return
+    if not all(isinstance(t, torch.Tensor) for t in (pre, scale, shift)):
+        raise TypeError("append_channels: pre, scale and shift must be torch.Tensors")
+    if pre.dtype != buf.dtype:
+        raise TypeError(f"append_channels: pre must have buf's dtype {buf.dtype}, got {pre.dtype}")
+    if pre.device != buf.device:
+        raise ValueError(f"append_channels: pre is on {pre.device} but buf is on {buf.device}")
+    want = (buf.shape[0], c, *buf.shape[2:])
+    if tuple(pre.shape) != want:
+        raise ValueError(f"append_channels: pre must have shape [{', '.join(map(str, want))}] (c0 + C_src channels), "
+                         f"got {tuple(pre.shape)}")
+    if torch._debug_has_internal_overlap(pre) == 1:
+        raise ValueError("append_channels: pre must not have overlapping elements (e.g. an expanded tensor)")
+    if torch._C._is_alias_of(pre, buf) or torch._C._is_alias_of(pre, src):
+        raise ValueError("append_channels: pre must not share memory with buf or src")
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t.dtype != torch.float32:
+            raise TypeError(f"append_channels: {name} must be float32, got {t.dtype}")
+        if tuple(t.shape) != (c,):
+            raise ValueError(f"append_channels: {name} must have shape [{c}] (c0 + C_src), got {tuple(t.shape)}")
+        if t.device != buf.device:
+            raise ValueError(f"append_channels: {name} is on {t.device} but buf is on {buf.device}")
+
+
 def row_memory_format(t: torch.Tensor) -> torch.memory_format:
     """compact()'s output format for t: its own when dense (contiguous or channels_last), else contiguous."""
     if t.is_contiguous():

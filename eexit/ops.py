@@ -9,13 +9,14 @@ The fused ops are inference-only: they refuse inputs that require grad while gra
 from __future__ import annotations
 
 import warnings
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
 from eexit import reference
 from eexit._checks import (
     as_threshold,
+    check_append_args,
     check_compact_args,
     check_criterion,
     check_gate_args,
@@ -24,7 +25,7 @@ from eexit._checks import (
 )
 from eexit.reference import ExitDecision
 
-__all__ = ["ExitDecision", "compact", "exit_gate", "has_extension"]
+__all__ = ["ExitDecision", "append_channels", "compact", "exit_gate", "has_extension"]
 
 try:
     from eexit import _C  # noqa: F401  (loading it registers torch.ops.eexit)
@@ -88,6 +89,21 @@ def compact(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> List[torch.
     return torch.ops.eexit.compact.default(list(tensors), index)
 
 
+def append_channels(buf: torch.Tensor, src: torch.Tensor, c0: int, pre: Optional[torch.Tensor] = None,
+                    scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None) -> None:
+    """In place: ``buf[:, c0 : c0 + C_src] = src`` and, with ``pre``, ``pre = relu(buf[:, :c0 + C_src]
+    * scale + shift)`` (float32 math), in one pass over the pixels; see
+    :func:`eexit.reference.append_channels`. This is how a dense block appends a layer's output to its
+    concat buffer while producing the next layer's BN-ReLU input. The CPU kernel needs channels
+    innermost (channels_last tensors or their channel windows); other layouts and devices run the
+    same op through ATen ops."""
+    if not has_extension():
+        return reference.append_channels(buf, src, c0, pre, scale, shift)
+    if buf.requires_grad or src.requires_grad:
+        _refuse_grad("append_channels", (buf, src))
+    torch.ops.eexit.append_channels.default(buf, src, c0, pre, scale, shift)
+
+
 if has_extension():
     _exit_gate_op = torch.ops.eexit.exit_gate.default
 
@@ -104,6 +120,10 @@ if has_extension():
             torch.empty((n,), **idx),
             torch.empty((n,), dtype=torch.float32, device=logits.device),
         )
+
+    @torch.library.register_fake("eexit::append_channels")
+    def _append_channels_fake(buf, src, c0, pre=None, scale=None, shift=None):
+        check_append_args(buf, src, c0, pre, scale, shift)
 
     @torch.library.register_fake("eexit::compact")
     def _compact_fake(tensors, index):

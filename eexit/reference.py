@@ -13,11 +13,11 @@ Non-finite logits:
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from eexit._checks import check_compact_args, check_gate_args, row_memory_format
+from eexit._checks import check_append_args, check_compact_args, check_gate_args, row_memory_format
 
 
 class ExitDecision(NamedTuple):
@@ -76,3 +76,18 @@ def compact(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> List[torch.
                     f"compact: index values must be in [0, {t.shape[0]}) for tensors[{i}], got range [{lo}, {hi}]"
                 )
     return [t.index_select(0, index).contiguous(memory_format=row_memory_format(t)) for t in tensors]
+
+
+def append_channels(buf: torch.Tensor, src: torch.Tensor, c0: int, pre: Optional[torch.Tensor] = None,
+                    scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None) -> None:
+    """Writes src [N, C_src, H, W] into channels [c0, c0 + C_src) of buf [N, C_buf, H, W] (same dtype,
+    float32/float16/bfloat16), in place. With ``pre`` [N, c0 + C_src, H, W] (buf's dtype) and float32
+    ``scale``, ``shift`` [c0 + C_src], also ``pre = relu(buf[:, :c0 + C_src] * scale + shift)``: the
+    next dense layer's folded BatchNorm + ReLU over everything so far, computed in float32 and rounded
+    once. NaN propagates (relu(NaN) = NaN). Nothing outside the window of buf is written."""
+    check_append_args(buf, src, c0, pre, scale, shift)
+    c = c0 + src.shape[1]
+    buf[:, c0:c].copy_(src)
+    if pre is not None:
+        z = buf[:, :c].float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        pre.copy_(torch.relu(z))

@@ -1,31 +1,14 @@
 // CPU exit gate: parallel, vectorised row scores, then a stable compaction.
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "cpu/gate_rows.h"
+#include "cpu/kernels.h"
 #include "eexit.h"
 
 namespace eexit {
 namespace {
-
-// AVX2 kernel when the CPU has it and ATen's capability (ATEN_CPU_CAPABILITY) allows it.
-bool use_avx2() {
-  static const bool ok = [] {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
-      return false;
-    const std::string cap = at::get_cpu_capability();
-    return cap == "AVX2" || cap == "AVX512";
-#else
-    return false;
-#endif
-  }();
-  return ok;
-}
 
 GateResult exit_gate_cpu(const at::Tensor& logits, double threshold, c10::string_view criterion) {
   const Criterion crit = parse_criterion(criterion);
@@ -37,8 +20,10 @@ GateResult exit_gate_cpu(const at::Tensor& logits, double threshold, c10::string
   at::Tensor pred = at::empty({N}, x.options().dtype(at::kLong));
   const cpu::GateArgs args{x.const_data_ptr(), x.stride(0), C, x.scalar_type(), crit == Criterion::Entropy,
                            score.mutable_data_ptr<float>(), pred.mutable_data_ptr<int64_t>()};
-  const auto kernel = use_avx2() ? cpu::gate_rows_avx2 : cpu::gate_rows_default;
-  const int64_t grain = std::max<int64_t>(16, ((1 << 13) / C + 15) / 16 * 16);  // ~8K elements a task
+  const auto kernel = cpu::use_avx2() ? cpu::gate_rows_avx2 : cpu::gate_rows_default;
+  // ~32K elements a task: smaller gates run on the calling thread, as waking
+  // the pool costs more than they take.
+  const int64_t grain = std::max<int64_t>(16, ((1 << 15) / C + 15) / 16 * 16);
   at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) { kernel(args, b, e); });
 
   const float thr = static_cast<float>(threshold);

@@ -1,5 +1,5 @@
 // Row kernel of the exit gate on at::vec, included once per CPU capability
-// (gate_kernel_default.cpp, gate_kernel_avx2.cpp). CPU_CAPABILITY names the
+// (kernels_default.cpp, kernels_avx2.cpp). CPU_CAPABILITY names the
 // namespace so the two instantiations never collide.
 //
 // Per row, in float32, one pass over memory: a running max m, s = sum exp(z - m)
@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "cpu/gate_rows.h"
+#include "cpu/kernels.h"
 
 namespace eexit::cpu {
 namespace CPU_CAPABILITY {

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eexit import ops
 from eexit.nn.backend import FusedModule, memory_format_of
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
 
@@ -50,7 +51,7 @@ class ConvStack(FusedModule):
         """``out[:, c_out0 : c_out0 + C_out] = self(x[:, :c_in])``, for concat buffers x and out (they
         may be one tensor when the windows are disjoint). On the Triton path with channels_last
         buffers the kernels read and write those channel windows in place (no slice copies);
-        otherwise the result is computed and copied in."""
+        otherwise the result is computed and copied in (:func:`eexit.ops.append_channels`)."""
         units = self.units()
         if units[0][0].in_channels != c_in:
             raise ValueError(f"{type(self).__name__}.into: c_in must be {units[0][0].in_channels}, got {c_in}")
@@ -60,8 +61,7 @@ class ConvStack(FusedModule):
             with torch.no_grad():
                 self._triton(x, units, out, c_out0)
             return
-        y = self(x[:, :c_in])
-        out[:, c_out0: c_out0 + y.shape[1]].copy_(y)
+        ops.append_channels(out, self(x[:, :c_in]), c_out0)
 
     def _triton(self, x: torch.Tensor, units, out: Optional[torch.Tensor] = None, c_out0: int = 0) -> torch.Tensor:
         """The Triton kernels on x's first C_in channels; into ``out``'s window at ``c_out0`` when given

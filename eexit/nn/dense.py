@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eexit import ops
 from eexit.nn.backend import FusedModule, memory_format_of
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
 
@@ -30,8 +31,9 @@ class DenseConcatBlock(FusedModule):
     """``num_layers`` DenseNet-BC layers; returns [N, in_channels + num_layers * growth_rate, H, W].
 
     The reference concatenates with ``torch.cat`` at every layer (O(L^2) bytes copied). The fused
-    paths write each layer's output into its channel slice of one preallocated buffer: on CPU the
-    pre-activation goes into one reused scratch and BN2 is folded into conv1; with Triton the
+    paths write each layer's output into its channel slice of one preallocated buffer: on CPU
+    :func:`eexit.ops.append_channels` copies each new output in and writes the next layer's
+    BN1-ReLU input (one reused scratch) in the same pass, and BN2 is folded into conv1; with Triton the
     BN-ReLU prologue, folded BN2 + ReLU and the 3x3 conv run in two kernel launches per layer.
     """
 
@@ -62,37 +64,36 @@ class DenseConcatBlock(FusedModule):
         with torch.no_grad():
             return self._triton(x) if path == "triton" else self._torch(x)
 
-    def _buffer(self, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-        n, c0, h, w = x.shape
-        buf = torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-        buf[:, :c0].copy_(x)
-        return buf
-
     def _torch(self, x: torch.Tensor) -> torch.Tensor:
         fmt = memory_format_of(x)
-        buf = self._buffer(x, fmt)
         n, c0, h, w = x.shape
         g, dt = self.growth_rate, x.dtype
+        buf = torch.empty((n, self.out_channels, h, w), dtype=dt, device=x.device, memory_format=fmt)
         scratch = torch.empty(n * (self.out_channels - g) * h * w, dtype=dt, device=x.device)
+        new, at = x, 0  # the channels not yet in buf, and where they go
         for i, layer in enumerate(self.layers):
             c = c0 + i * g
-            s1, b1 = self._fold.get(f"pre{i}:{dt}", bn_sources(layer.norm1),
-                                    lambda l=layer: [t.to(dt).view(1, -1, 1, 1) for t in bn_affine(l.norm1)])
+            s1, b1 = self._fold.get(f"pre{i}", bn_sources(layer.norm1), lambda l=layer: bn_affine(l.norm1))
             w1, bias1 = self._fold.get(f"conv1_{i}:{dt}", [layer.conv1.weight, *bn_sources(layer.norm2)],
                                        lambda l=layer: fold_conv_bn(l.conv1, l.norm2, dt))
-            w2 = self._fold.get(f"conv2_{i}:{dt}", [layer.conv2.weight], lambda l=layer: l.conv2.weight.to(dt))
+            w2 = self._fold.get(f"conv2_{i}:{dt}:{fmt}", [layer.conv2.weight],
+                                lambda l=layer: l.conv2.weight.to(dt).contiguous(memory_format=fmt))
             pre = scratch[: n * c * h * w]  # a dense [N, c, H, W] view of the reused scratch
             pre = pre.view(n, h, w, c).permute(0, 3, 1, 2) if fmt == torch.channels_last else pre.view(n, c, h, w)
-            torch.addcmul(b1, buf[:, :c], s1, out=pre).relu_()
+            ops.append_channels(buf, new, at, pre, s1, b1)  # the copy and BN1-ReLU in one pass
             y = F.conv2d(pre, w1, bias1).relu_()
-            buf[:, c: c + g].copy_(F.conv2d(y, w2, None, padding=1))
+            new, at = F.conv2d(y, w2, None, padding=1), c
+        ops.append_channels(buf, new, at)
         return buf
 
     def _triton(self, x: torch.Tensor) -> torch.Tensor:
         from eexit import kernels
 
         fmt = memory_format_of(x)
-        buf = self._buffer(x, torch.channels_last)
+        n, c0, h, w = x.shape
+        buf = torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        buf[:, :c0].copy_(x)
         g, dt = self.growth_rate, x.dtype
         for i, layer in enumerate(self.layers):
             c = self.in_channels + i * g

@@ -1,7 +1,7 @@
-// The row kernel for x86-64 CPUs with AVX2, FMA and F16C; chosen at run time.
+// The kernels for x86-64 CPUs with AVX2, FMA and F16C; chosen at run time.
 // Only this translation unit is compiled for those instructions (the pragma),
 // and at::vec's CPU_CAPABILITY namespace keeps its inline code apart.
-#include "cpu/gate_rows.h"
+#include "cpu/kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c")
@@ -21,17 +21,24 @@
 #endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
+#include "cpu/append_kernel.h"
 #include "cpu/gate_kernel.h"
 
 namespace eexit::cpu {
 void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
   AVX2::gate_rows_dispatch(args, begin, end);
 }
+void append_rows_avx2(const AppendArgs& args, int64_t begin, int64_t end) {
+  AVX2::append_rows_dispatch(args, begin, end);
+}
 }  // namespace eexit::cpu
 #else
 namespace eexit::cpu {
 void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
   gate_rows_default(args, begin, end);
+}
+void append_rows_avx2(const AppendArgs& args, int64_t begin, int64_t end) {
+  append_rows_default(args, begin, end);
 }
 }  // namespace eexit::cpu
 #endif
