@@ -1,7 +1,9 @@
 """DenseConcatBlock forward: fused backend vs the eager reference vs torch.compile of the reference.
 
 One pytest-benchmark group per (device, block shape, batch), so each group holds the three
-contenders measured back to back in the same run. Eval mode, inference mode, float32,
+contenders measured back to back in the same run, plus an ``interleaved`` entry whose rounds run
+the three in turn (``eexit.timing.interleaved_medians``: drift of a shared machine hits them
+alike); its medians are in extra_info and are what the target is judged on. Eval mode, inference mode, float32,
 channels_last input (recorded as ``layout`` in extra_info). Summarise with
 benchmarks/report_dense.py.
 
@@ -28,6 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from eexit.nn import DenseConcatBlock
+from eexit.timing import interleaved_medians
 
 torch._dynamo.config.cache_size_limit = 256  # one static-shape graph per (shape, batch)
 
@@ -190,3 +193,26 @@ def test_dense_block(benchmark, ieee_fp32, device, case, impl):
         if impl != "compile":
             benchmark.extra_info.update(forward_memory(fn, x, device))
         benchmark.pedantic(fn, args=(x,), rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_block_interleaved(benchmark, ieee_fp32, device, case):
+    shape, n = case
+    family, c, hw, g, layers = shape
+    fused, ref, compiled = models_for(device, shape)
+    x, _ = reference_for(device, shape, n)
+    runs = {"fused": lambda: fused(x), "eager": lambda: ref(x), "compile": lambda: compiled(x)}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for fn in runs.values():
+            fn()  # compiled and checked by test_dense_block
+        rounds = max(MIN_ROUNDS, min(2 * MAX_ROUNDS, int(3 * ROUND_BUDGET_S / (time.perf_counter() - start))))
+        medians = {}
+        benchmark.group = f"dense_block {device} {family} C={c} H={hw} g={g} L={layers} N={n}"
+        benchmark.pedantic(lambda: medians.update(interleaved_medians(runs, rounds, torch.device(device))),
+                           rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        device=device, family=family, in_channels=c, px=hw, growth=g, num_layers=layers, bn_size=4, n=n,
+        impl="interleaved", rounds=rounds, median_s={name: ms / 1e3 for name, ms in medians.items()},
+    )

@@ -21,9 +21,9 @@ GateResult exit_gate_cpu(const at::Tensor& logits, double threshold, c10::string
   const cpu::GateArgs args{x.const_data_ptr(), x.stride(0), C, x.scalar_type(), crit == Criterion::Entropy,
                            score.mutable_data_ptr<float>(), pred.mutable_data_ptr<int64_t>()};
   const auto kernel = cpu::use_avx2() ? cpu::gate_rows_avx2 : cpu::gate_rows_default;
-  // ~32K elements a task: smaller gates run on the calling thread, as waking
-  // the pool costs more than they take.
-  const int64_t grain = std::max<int64_t>(16, ((1 << 15) / C + 15) / 16 * 16);
+  // ~16K logits a task: smaller gates run on the calling thread, as handing
+  // work to the pool costs about as much as they take.
+  const int64_t grain = std::max<int64_t>(16, ((1 << 14) / C + 15) / 16 * 16);
   at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) { kernel(args, b, e); });
 
   const float thr = static_cast<float>(threshold);
