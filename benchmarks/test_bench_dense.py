@@ -30,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from eexit.nn import DenseConcatBlock
-from eexit.timing import interleaved_medians
+from interleaved import record_interleaved
 
 torch._dynamo.config.cache_size_limit = 256  # one static-shape graph per (shape, batch)
 
@@ -208,11 +208,6 @@ def test_dense_block_interleaved(benchmark, ieee_fp32, device, case):
         for fn in runs.values():
             fn()  # compiled and checked by test_dense_block
         rounds = max(MIN_ROUNDS, min(2 * MAX_ROUNDS, int(3 * ROUND_BUDGET_S / (time.perf_counter() - start))))
-        medians = {}
         benchmark.group = f"dense_block {device} {family} C={c} H={hw} g={g} L={layers} N={n}"
-        benchmark.pedantic(lambda: medians.update(interleaved_medians(runs, rounds, torch.device(device))),
-                           rounds=1, iterations=1)
-    benchmark.extra_info.update(
-        device=device, family=family, in_channels=c, px=hw, growth=g, num_layers=layers, bn_size=4, n=n,
-        impl="interleaved", rounds=rounds, median_s={name: ms / 1e3 for name, ms in medians.items()},
-    )
+        record_interleaved(benchmark, runs, rounds, device, family=family, in_channels=c, px=hw, growth=g,
+                           num_layers=layers, bn_size=4, n=n)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from composites import gate_composite
+from interleaved import record_interleaved
 from eexit import ops
-from eexit.timing import interleaved_medians
 
 torch._dynamo.config.capture_dynamic_output_shape_ops = True  # nonzero inside the graph
 torch._dynamo.config.cache_size_limit = 256
@@ -84,13 +84,8 @@ def test_exit_gate_interleaved(benchmark, device, criterion, n, c):
         fns["fused"](x, thr, criterion)
         calls = max(1, int(ROUND_S / max(time.perf_counter() - start, 1e-7)))
         runs = {name: (lambda fn=fn: [fn(x, thr, criterion) for _ in range(calls)]) for name, fn in fns.items()}
-        medians = {}
         benchmark.group = f"exit_gate {device} {criterion} N={n} C={c}"
-        benchmark.pedantic(lambda: medians.update(interleaved_medians(runs, INTERLEAVED_ROUNDS, torch.device(device))),
-                           rounds=1, iterations=1)
-    benchmark.extra_info.update(device=device, criterion=criterion, n=n, c=c, impl="interleaved",
-                                calls_per_round=calls, rounds=INTERLEAVED_ROUNDS,
-                                median_s={name: ms / calls / 1e3 for name, ms in medians.items()})
+        record_interleaved(benchmark, runs, INTERLEAVED_ROUNDS, device, calls, criterion=criterion, n=n, c=c)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from early_exit_common import calibrate, contenders, costs
+from interleaved import record_interleaved
 from eexit.calibrate import fractions_for_cost
 from eexit.models import msdnet_cifar_anytime
-from eexit.timing import interleaved_medians
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TARGET_COST = 0.40
@@ -53,10 +53,6 @@ def test_msdnet_interleaved(benchmark, device):
     net, thresholds, cost, fractions = setup(device)
     x = torch.randn(256, 3, 32, 32, device=device)
     runs = {impl: (lambda fn=fn: fn(x)) for impl, fn in contenders(net, thresholds, "confidence").items()}
-    medians = {}
     with torch.inference_mode():
         benchmark.group = f"msdnet {device} cifar100-anytime batch=256"
-        benchmark.pedantic(lambda: medians.update(interleaved_medians(runs, 15, torch.device(device))),
-                           rounds=1, iterations=1)
-    benchmark.extra_info.update(device=device, model="msdnet-cifar-anytime", batch=256, impl="interleaved",
-                                median_s={name: ms / 1e3 for name, ms in medians.items()})
+        record_interleaved(benchmark, runs, 15, device, model="msdnet-cifar-anytime", batch=256)

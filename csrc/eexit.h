@@ -39,12 +39,12 @@ void check_compact_args(at::TensorList tensors, const at::Tensor& index);
 void check_append_args(const at::Tensor& buf, const at::Tensor& src, int64_t c0, const std::optional<at::Tensor>& pre,
                        const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift);
 
-// append_channels by ATen ops, for any device and layout (registered as the
-// CompositeExplicitAutograd kernel; the CPU kernel falls back to it for tensors
-// whose channels are not innermost).
-void append_channels_composite(const at::Tensor& buf, const at::Tensor& src, int64_t c0,
-                               const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& scale,
-                               const std::optional<at::Tensor>& shift);
+// append_channels by ATen ops, for any device and layout, on arguments that
+// passed check_append_args (behind the CompositeExplicitAutograd kernel; the CPU
+// kernel falls back to it for tensors whose channels are not innermost).
+void append_channels_aten(const at::Tensor& buf, const at::Tensor& src, int64_t c0,
+                          const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& scale,
+                          const std::optional<at::Tensor>& shift);
 
 // The gate's outputs, in schema order.
 using GateResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

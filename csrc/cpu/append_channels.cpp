@@ -23,7 +23,7 @@ void append_channels_cpu(const at::Tensor& buf, const at::Tensor& src, int64_t c
   check_append_args(buf, src, c0, pre, scale, shift);
   TORCH_CHECK_VALUE(buf.device().is_cpu(), "append_channels: buf must be on CPU here, got ", buf.device());
   if (!channels_innermost(buf) || !channels_innermost(src) || (pre.has_value() && !channels_innermost(*pre))) {
-    append_channels_composite(buf, src, c0, pre, scale, shift);
+    append_channels_aten(buf, src, c0, pre, scale, shift);
     return;
   }
   const int64_t N = buf.size(0), H = buf.size(2), W = buf.size(3), c_src = src.size(1);

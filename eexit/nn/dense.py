@@ -64,11 +64,16 @@ class DenseConcatBlock(FusedModule):
         with torch.no_grad():
             return self._triton(x) if path == "triton" else self._torch(x)
 
+    def _buffer(self, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+        """The (uninitialised) concat buffer [N, out_channels, H, W] for input x."""
+        n, _, h, w = x.shape
+        return torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+
     def _torch(self, x: torch.Tensor) -> torch.Tensor:
         fmt = memory_format_of(x)
         n, c0, h, w = x.shape
         g, dt = self.growth_rate, x.dtype
-        buf = torch.empty((n, self.out_channels, h, w), dtype=dt, device=x.device, memory_format=fmt)
+        buf = self._buffer(x, fmt)
         scratch = torch.empty(n * (self.out_channels - g) * h * w, dtype=dt, device=x.device)
         new, at = x, 0  # the channels not yet in buf, and where they go
         for i, layer in enumerate(self.layers):
@@ -90,10 +95,8 @@ class DenseConcatBlock(FusedModule):
         from eexit import kernels
 
         fmt = memory_format_of(x)
-        n, c0, h, w = x.shape
-        buf = torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device,
-                          memory_format=torch.channels_last)
-        buf[:, :c0].copy_(x)
+        buf = self._buffer(x, torch.channels_last)
+        buf[:, : x.shape[1]].copy_(x)
         g, dt = self.growth_rate, x.dtype
         for i, layer in enumerate(self.layers):
             c = self.in_channels + i * g
