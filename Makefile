@@ -27,6 +27,7 @@ demo: build
 	$(PY) -m eexit demo
 
 test: build
+	$(PY) -m ruff check .
 	EEXIT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable -k "N64-C10-"
 

@@ -12,7 +12,7 @@ Environment switches:
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
@@ -71,21 +71,12 @@ def _extension():
     return cpp_extension.CppExtension(**args)
 
 
+# Metadata lives in pyproject.toml; this file adds what needs code: the extension and the
+# Triton kernels' folder, installed as eexit.kernels.
 setup(
-    name="eexit",
-    version="0.1.0",
-    description="Real sample-level early exit for PyTorch: fused exit-gate, compaction and dense-block kernels.",
-    packages=["eexit", "eexit.cli", "eexit.data", "eexit.nn", "eexit.models", "eexit.kernels"],
-    package_dir={"eexit": "eexit", "eexit.kernels": "kernels"},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.6,<2.16", "numpy"],
-    extras_require={
-        "triton": ["triton>=3.2"],
-        # the command line: digits (scikit-learn), progress bars, the demo's plot, image folders
-        "cli": ["scikit-learn>=1.2", "tqdm>=4.60", "matplotlib>=3.6", "pillow>=9"],
-    },
+    packages=find_packages(include=["eexit", "eexit.*"]) + ["eexit.kernels"],
+    package_dir={"eexit.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    entry_points={"console_scripts": ["eexit=eexit.cli:main"]},
 )

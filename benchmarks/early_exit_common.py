@@ -7,8 +7,7 @@ import torch
 from eexit.calibrate import budgeted_thresholds
 from eexit.flops import actual_exit_costs, stage_costs
 from eexit.reference import gate_scores
-from eexit.runner import run_early_exit
-from eexit.timing import all_exits, full_network
+from eexit.runner import run_all_exits, run_early_exit, run_full_network
 
 
 def calibrate(net, x_cal: torch.Tensor, fractions: Sequence[float], criterion: str) -> List[float]:
@@ -29,8 +28,8 @@ def contenders(net, thresholds, criterion: str):
     stages, exits = net.exit_stages()
     return {
         "infer": lambda x: run_early_exit(stages, exits, x, thresholds, criterion),
-        "full": lambda x: full_network(stages, exits, x),
-        "simulate": lambda x: all_exits(stages, exits, x),
+        "full": lambda x: run_full_network(stages, exits, x),
+        "simulate": lambda x: run_all_exits(stages, exits, x),
     }
 
 

@@ -5,12 +5,9 @@ Ratios are eager/fused and compile/fused medians from the same run (higher is be
 of the separate pytest-benchmark entries, and of the interleaved entry (the three contenders in
 turn within each round), which the target is judged on when present.
 """
-import json
 import sys
-from collections import defaultdict
 
-
-from report import machine_lines
+from reporting import NAN, groups, header, load, row, table_head, target_line
 
 TARGET = 1.3  # eager/fused on every shape
 NOISY = 1.25  # flag a benchmark whose median exceeds its min by more than this factor
@@ -18,24 +15,17 @@ MIB = 2.0 ** 20
 
 
 def main(path: str) -> None:
-    data = json.load(open(path))
-    med, low, info, noisy, inter = defaultdict(dict), defaultdict(dict), defaultdict(dict), [], {}
-    for b in data["benchmarks"]:
-        e, s = b["extra_info"], b["stats"]
-        key = (e["device"], e["family"], e["in_channels"], e["px"], e["growth"], e["num_layers"], e["n"])
-        if e["impl"] == "interleaved":
-            inter[key] = e["median_s"]
-            continue
-        med[key][e["impl"]] = s["median"]
-        low[key][e["impl"]] = s["min"]
-        info[key][e["impl"]] = e
-        if s["median"] > NOISY * s["min"]:
-            noisy.append(f"{b['group']} {e['impl']}: median {s['median'] * 1e3:.1f} ms, min {s['min'] * 1e3:.1f} ms")
-    layouts = sorted({e["layout"] for v in info.values() for e in v.values()})
-    dtypes = sorted({e["dtype"] for v in info.values() for e in v.values()})
-    rounds = sorted({e["rounds"] for v in info.values() for e in v.values()})
-    print(f"# DenseConcatBlock benchmark — {data.get('datetime', '')[:10]}\n")
-    print("\n".join(machine_lines(data, any(k[0] == "cuda" for k in med))))
+    data = load(path)
+    by_shape = groups(data, lambda e: (e["device"], e["family"], e["in_channels"], e["px"], e["growth"],
+                                       e["num_layers"], e["n"]))
+    noisy = [f"{b['group']} {b['extra_info']['impl']}: median {b['stats']['median'] * 1e3:.1f} ms, "
+             f"min {b['stats']['min'] * 1e3:.1f} ms" for b in data["benchmarks"]
+             if b["extra_info"]["impl"] != "interleaved" and b["stats"]["median"] > NOISY * b["stats"]["min"]]
+    infos = [e for g in by_shape.values() for e in g.info.values()]
+    layouts = sorted({e["layout"] for e in infos})
+    dtypes = sorted({e["dtype"] for e in infos})
+    rounds = sorted({e["rounds"] for e in infos})
+    print(header(data, "DenseConcatBlock", any(k[0] == "cuda" for k in by_shape)))
     print(f"- forward, eval mode, inference_mode, {'/'.join(dtypes)}, input layout {'/'.join(layouts)}, bn_size 4")
     print(f"- pedantic: 1 warm-up round, then {rounds[0]}–{rounds[-1]} rounds of 1 call each "
           "(rounds chosen per benchmark from one warm call's time)")
@@ -50,34 +40,29 @@ def main(path: str) -> None:
           "(CPU: sum of positive `self_cpu_memory_usage` over a torch.profiler trace with profile_memory=True; "
           "not measured on CUDA); `peak` = highest level above the start (CPU: running sum of the same trace's "
           "allocations and frees; CUDA: torch.cuda.max_memory_allocated); `out` = the output tensor.\n")
-    print("| device | block | C in | px | growth | L | N | fused ms | eager ms | compile ms | eager/fused "
-          "| compile/fused | eager/fused min | eager/fused interleaved | compile/fused interleaved | fused alloc | eager alloc | fused peak | eager peak | out "
-          "| target met |")
-    print("|---|---" + "|---:" * 18 + "|:---:|")
+    print(table_head(["device", "block", "C in", "px", "growth", "L", "N", "fused ms", "eager ms", "compile ms",
+                      "eager/fused", "compile/fused", "eager/fused min", "eager/fused interleaved",
+                      "compile/fused interleaved", "fused alloc", "eager alloc", "fused peak", "eager peak", "out",
+                      "target met"], "ll" + "r" * 18 + "c"))
     met, missed = [], []
-    nan = float("nan")
     order = lambda kv: (kv[0][0], kv[0][1].startswith("densenet"), kv[0][1], kv[0][5], kv[0][6])  # noqa: E731
-    for key, m in sorted(med.items(), key=order):
-        if "fused" not in m:
+    for key, g in sorted(by_shape.items(), key=order):
+        if "fused" not in g.median:
             continue
-        dev, family, c, hw, g, layers, n = key
-        f, e, cp = m["fused"], m.get("eager", nan), m.get("compile", nan)
-        mem = {impl: info[key].get(impl, {}) for impl in ("fused", "eager")}
-        mib = {(i, k): (mem[i].get(f"mem_{k}_bytes") or nan) / MIB
-               for i in ("fused", "eager") for k in ("alloc", "peak")}
-        out_mib = mem["fused"].get("out_bytes", nan) / MIB
-        e_min = low[key].get("eager", nan) / low[key]["fused"]
-        i = inter.get(key)
-        i_e, i_c = (i["eager"] / i["fused"], i["compile"] / i["fused"]) if i else (nan, nan)
-        ok = (i_e if i else e / f) >= TARGET
+        dev, family, c, hw, growth, layers, n = key
+        mem = [f"{(g.info.get(i, {}).get(f'mem_{k}_bytes') or NAN) / MIB:.1f}"
+               for k in ("alloc", "peak") for i in ("fused", "eager")]  # fused alloc, eager alloc, fused peak, ...
+        i_e = g.interleaved_ratio("eager", "fused")
+        ok = (i_e if g.interleaved else g.ratio("eager", "fused")) >= TARGET
         (met if ok else missed).append(f"{family} L={layers} N={n}")
-        print(f"| {dev} | {family} | {c} | {hw} | {g} | {layers} | {n} | {f * 1e3:.2f} | {e * 1e3:.2f} | "
-              f"{cp * 1e3:.2f} | {e / f:.2f} | {cp / f:.2f} | {e_min:.2f} | {i_e:.2f} | {i_c:.2f} | "
-              f"{mib['fused', 'alloc']:.1f} | {mib['eager', 'alloc']:.1f} | "
-              f"{mib['fused', 'peak']:.1f} | {mib['eager', 'peak']:.1f} | {out_mib:.1f} | "
-              f"{'yes' if ok else 'no'} |")
-    print(f"\nTarget met at {len(met)} of {len(met) + len(missed)} shapes." +
-          (f" Missed: {', '.join(missed)}." if missed else ""))
+        ms = {impl: f"{g.median.get(impl, NAN) * 1e3:.2f}" for impl in ("fused", "eager", "compile")}
+        print(row([dev, family, c, hw, growth, layers, n, ms["fused"], ms["eager"], ms["compile"],
+                   f"{g.ratio('eager', 'fused'):.2f}", f"{g.ratio('compile', 'fused'):.2f}",
+                   f"{g.low.get('eager', NAN) / g.low['fused']:.2f}", f"{i_e:.2f}",
+                   f"{g.interleaved_ratio('compile', 'fused'):.2f}",
+                   *mem,
+                   f"{g.info['fused'].get('out_bytes', NAN) / MIB:.1f}", "yes" if ok else "no"]))
+    print("\n" + target_line(met, missed, "shapes"))
     if noisy:
         print(f"\nNoisy (median > {NOISY} x min):\n")
         for line in noisy:

@@ -2,8 +2,11 @@
 import json
 import sys
 
+from reporting import load
+
 for path in sys.argv[1:]:
-    data = json.load(open(path))
+    data = load(path)
     for b in data["benchmarks"]:
         b["stats"].pop("data", None)
-    json.dump(data, open(path, "w"), indent=1)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)

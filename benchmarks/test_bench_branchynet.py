@@ -8,8 +8,9 @@ benchmarks/report_early_exit.py; the paper's CPU speedups at batch 1 are 5.4x, 1
 import pytest
 import torch
 
-from early_exit_common import calibrate, contenders, costs, one_at_a_time
 from eexit.models import b_alexnet, b_lenet, b_resnet110
+
+from early_exit_common import calibrate, contenders, costs, one_at_a_time
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MODELS = {

@@ -30,6 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from eexit.nn import DenseConcatBlock
+
 from interleaved import record_interleaved
 
 torch._dynamo.config.cache_size_limit = 256  # one static-shape graph per (shape, batch)

@@ -12,9 +12,10 @@ import time
 import pytest
 import torch
 
+from eexit import ops
+
 from composites import gate_composite
 from interleaved import record_interleaved
-from eexit import ops
 
 torch._dynamo.config.capture_dynamic_output_shape_ops = True  # nonzero inside the graph
 torch._dynamo.config.cache_size_limit = 256

@@ -10,10 +10,11 @@ Summarise with benchmarks/report_early_exit.py.
 import pytest
 import torch
 
-from early_exit_common import calibrate, contenders, costs
-from interleaved import record_interleaved
 from eexit.calibrate import fractions_for_cost
 from eexit.models import msdnet_cifar_anytime
+
+from early_exit_common import calibrate, contenders, costs
+from interleaved import record_interleaved
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TARGET_COST = 0.40

@@ -18,11 +18,6 @@ Criterion parse_criterion(c10::string_view criterion);
 // for confidence, >= 0 for entropy. Errors name the argument and what was expected.
 void check_gate_args(const at::Tensor& logits, double threshold, Criterion criterion);
 
-// A row leaves when its score passes the threshold; NaN never passes.
-inline bool exits(float score, float threshold, Criterion criterion) {
-  return criterion == Criterion::Confidence ? score >= threshold : score < threshold;
-}
-
 // The memory format compact() gives its output for `t`: contiguous when t is
 // contiguous, channels_last(_3d) when t is dense in that format, contiguous otherwise.
 at::MemoryFormat row_memory_format(const at::Tensor& t);

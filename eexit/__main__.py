@@ -1,7 +1,7 @@
-"""``python -m eexit``: the command line of :mod:`eexit.cli`."""
+"""``python -m eexit``: the command line of :mod:`eexit.app.cli`."""
 import sys
 
-from eexit.cli import main
+from eexit.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
 from eexit._checks import check_criterion
-from eexit.progress import bar
+from eexit.reference import exits
 
 
 def never_exits(criterion: str) -> float:
@@ -99,7 +99,7 @@ class ParetoPoint(NamedTuple):
 
 def threshold_sweep(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
                     grid: Union[Sequence[float], Sequence[Sequence[float]]], criterion: str = "confidence",
-                    chunk: int = 4096) -> List[ParetoPoint]:
+                    chunk: int = 4096, progress: Callable[[Iterable], Iterable] = lambda it: it) -> List[ParetoPoint]:
     """Every combination of per-exit thresholds from ``grid``, evaluated on cached validation
     results (vectorised; the model is not rerun), reduced to the accuracy-vs-cost Pareto front.
 
@@ -107,28 +107,27 @@ def threshold_sweep(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence
     exit k's prediction is right, costs: [K] cost a sample pays when it leaves at exit k.
     grid: threshold values tried at each of the first K-1 exits (one list for all, or one per
     exit; +inf for confidence / 0 for entropy means nobody leaves there).
+    progress: wraps the loop over chunks of combinations (e.g. a progress bar).
     Returns the front sorted by cost: each point more accurate than every cheaper one.
     """
     check_criterion(criterion)
     if scores.dim() != 2 or correct.shape != scores.shape:
-        raise ValueError(f"scores and correct must both be [K, N], got {tuple(scores.shape)} and {tuple(correct.shape)}")
+        raise ValueError(f"scores and correct must both be [K, N], got {tuple(scores.shape)} and "
+                         f"{tuple(correct.shape)}")
     k_exits, n = scores.shape
     if len(costs) != k_exits:
         raise ValueError(f"costs: expected one per exit ({k_exits}), got {len(costs)}")
     per_exit = [list(g) for g in grid] if grid and isinstance(grid[0], (list, tuple)) else [list(grid)] * (k_exits - 1)
     if len(per_exit) != k_exits - 1 or any(not g for g in per_exit):
         raise ValueError(f"grid: expected non-empty values for each of the first {k_exits - 1} exits")
-    # passes[k][g, i]: sample i passes value g of exit k's grid
-    passes = []
-    for k, values in enumerate(per_exit):
-        t = torch.tensor(values, dtype=torch.float32).unsqueeze(1)
-        s = scores[k].float().unsqueeze(0)
-        passes.append(s >= t if criterion == "confidence" else s < t)
+    # passes[k][g, i]: sample i passes value g of exit k's grid (the gate's rule, in float32)
+    passes = [torch.stack([exits(scores[k].float(), v, criterion) for v in values])
+              for k, values in enumerate(per_exit)]
     cost = torch.as_tensor(costs, dtype=torch.float64)
     correct = correct.bool()
     combos = torch.cartesian_prod(*[torch.arange(len(g)) for g in per_exit]).reshape(-1, k_exits - 1)
     points = []
-    for start in bar(range(0, combos.shape[0], chunk), desc="threshold sweep"):
+    for start in progress(range(0, combos.shape[0], chunk)):
         idx = combos[start: start + chunk]
         exit_of = torch.full((idx.shape[0], n), k_exits - 1, dtype=torch.long)
         left = torch.ones(idx.shape[0], n, dtype=torch.bool)

@@ -21,7 +21,7 @@ from typing import Iterator, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from eexit.nn.backend import restoring_backends, set_backend
+from eexit.nn.execution import restoring_backends, set_compute_path
 
 InputSize = Union[int, Sequence[int]]
 _FREE = (nn.modules.batchnorm._NormBase, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
@@ -73,13 +73,13 @@ class _Counter:
 
 @contextlib.contextmanager
 def _counting_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode, reference backend (the fused paths bypass the leaf modules) and no grad;
-    restores every module's training flag and backend afterwards."""
+    """Eval mode, reference compute path (the others bypass the leaf modules) and no grad;
+    restores every module's training flag and settings afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     try:
         with restoring_backends(model), torch.no_grad():
             model.eval()
-            set_backend(model, "reference")
+            set_compute_path(model, "reference")
             yield
     finally:
         for m, training in modes:

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["joint_loss", "msdnet_loss"]
+__all__ = ["joint_loss"]
 
 Weights = Union[Sequence[float], torch.Tensor]
 
@@ -18,6 +18,8 @@ def joint_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
     """BranchyNet's joint objective (Teerapittayanon et al., ICPR 2016, Sec. III-B):
     ``sum_k weights[k] * cross_entropy(outputs[k], target)``, each term the batch-mean softmax
     cross-entropy of exit k (as Chainer's ``F.softmax_cross_entropy`` in the official code).
+    MSDNet trains with the same objective (official ``main.py``: every classifier's cross-entropy,
+    summed), so one loss serves both.
 
     outputs: every exit's logits, [B, C] each (e.g. ``EarlyExitNetwork.forward``); target: class
     indices [B] (or class probabilities [B, C], as ``F.cross_entropy`` accepts); weights: one
@@ -76,9 +78,3 @@ def joint_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
         total = term if total is None else total + term
     return total
 
-
-def msdnet_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
-                weights: Optional[Weights] = None) -> torch.Tensor:
-    """MSDNet's training objective (official ``main.py``: the cross-entropy of every classifier,
-    summed; optional per-exit weights): the same weighted sum as :func:`joint_loss`."""
-    return joint_loss(outputs, target, weights)

@@ -21,8 +21,8 @@ from eexit._checks import (
     check_criterion,
     check_gate_args,
     check_logits,
-    row_memory_format,
 )
+from eexit._layout import memory_format_of
 from eexit.reference import ExitDecision
 
 __all__ = ["ExitDecision", "append_channels", "compact", "exit_gate", "has_extension"]
@@ -130,6 +130,6 @@ if has_extension():
         check_compact_args(tensors, index)
         k = index.shape[0]
         return [
-            torch.empty((k, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=row_memory_format(t))
+            torch.empty((k, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=memory_format_of(t))
             for t in tensors
         ]

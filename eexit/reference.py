@@ -1,8 +1,10 @@
 """Pure-PyTorch definitions of eexit's ops: the semantics every fused path is tested against.
 
-Exit rule: a row leaves when its score passes the threshold:
+Exit rule (csrc/exit_rule.h is its C++ twin): a row leaves when its score passes the threshold:
   criterion "confidence": score = max softmax probability, exits when score >= threshold;
-  criterion "entropy":    score = softmax entropy in nats, exits when score < threshold.
+  criterion "entropy":    score = softmax entropy in nats, exits when score < threshold
+                          (so an entropy threshold of 0 lets nothing leave).
+Scores are clamped to their ranges (confidence <= 1, entropy >= 0) against rounding.
 All arithmetic is float32 whatever the logits' dtype.
 
 Non-finite logits:
@@ -17,7 +19,8 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from eexit._checks import check_append_args, check_compact_args, check_gate_args, row_memory_format
+from eexit._checks import check_append_args, check_compact_args, check_gate_args
+from eexit._layout import memory_format_of
 
 
 class ExitDecision(NamedTuple):
@@ -36,7 +39,8 @@ class ExitDecision(NamedTuple):
 
 
 def gate_scores(logits: torch.Tensor, criterion: str) -> torch.Tensor:
-    """float32 [N] score of each row of logits [N, C] (see the module docstring for non-finite rows)."""
+    """float32 [N] score of each row of logits [N, C], clamped to [0, 1] / [0, inf) (see the module
+    docstring for non-finite rows; NaN stays NaN)."""
     z = logits.float()
     m = z.amax(dim=1, keepdim=True)
     inf_max = torch.isinf(m)
@@ -44,13 +48,14 @@ def gate_scores(logits: torch.Tensor, criterion: str) -> torch.Tensor:
     e = torch.exp(d)
     s = e.sum(dim=1)
     if criterion == "confidence":
-        return 1.0 / s
+        return (1.0 / s).clamp(max=1.0)
     u = torch.where(e > 0, e * d, 0.0).sum(dim=1)
-    return torch.log(s) - u / s
+    return (torch.log(s) - u / s).clamp(min=0.0)
 
 
 def exits(score: torch.Tensor, threshold: float, criterion: str) -> torch.Tensor:
-    """Bool [N]: which scores pass the threshold (NaN never does)."""
+    """Bool, score's shape: which scores pass the threshold (>= for confidence, < for entropy;
+    NaN never does)."""
     return score >= threshold if criterion == "confidence" else score < threshold
 
 
@@ -75,7 +80,7 @@ def compact(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> List[torch.
                 raise IndexError(
                     f"compact: index values must be in [0, {t.shape[0]}) for tensors[{i}], got range [{lo}, {hi}]"
                 )
-    return [t.index_select(0, index).contiguous(memory_format=row_memory_format(t)) for t in tensors]
+    return [t.index_select(0, index).contiguous(memory_format=memory_format_of(t)) for t in tensors]
 
 
 def append_channels(buf: torch.Tensor, src: torch.Tensor, c0: int, pre: Optional[torch.Tensor] = None,

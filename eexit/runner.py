@@ -10,6 +10,7 @@ stages and exits are never run. The last exit takes everyone left, whatever its 
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import List, NamedTuple, Sequence, Union
 
 import torch
@@ -64,16 +65,15 @@ def _compact(x: Features, keep: torch.Tensor, gate) -> Features:
 
 
 def run_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: Features,
-                   thresholds: Thresholds, criterion: str = "confidence",
-                   use_reference: bool = False) -> EarlyExitOutput:
+                   thresholds: Thresholds, criterion: str = "confidence", gate: ModuleType = ops) -> EarlyExitOutput:
     """Runs stages and exits on the samples still active; see the module docstring.
 
-    use_reference: gate and compact with eexit.reference instead of the fused eexit.ops.
+    gate: the module whose ``exit_gate`` and ``compact`` split and compact the batch: :mod:`eexit.ops`
+    (fused, the default) or :mod:`eexit.reference`.
     """
     if len(stages) != len(exits) or not stages:
         raise ValueError(f"stages and exits must be non-empty and as many, got {len(stages)} and {len(exits)}")
     thr = check_thresholds(thresholds, len(exits), criterion)
-    gate = reference if use_reference else ops
     n = _batch_size(x)
     active = None  # original positions of the active rows; None while they are all of them, in order
     parts = []  # (positions or None, logits, pred, score, exit) of the rows that left
@@ -119,6 +119,24 @@ def run_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: F
         out.score.index_copy_(0, where, score)
         out.exit_index.index_fill_(0, where, k)
     return out
+
+
+def run_all_exits(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: Features) -> List[torch.Tensor]:
+    """Every stage and every exit for every sample (training, and the dense evaluation that the
+    official code simulates early exit from): each exit's logits [B, C], in order."""
+    out, h = [], x
+    for stage, head in zip(stages, exits):
+        h = stage(h)
+        out.append(head(h))
+    return out
+
+
+def run_full_network(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: Features) -> torch.Tensor:
+    """The backbone alone, no early exit: every stage, then only the last exit's logits [B, C]."""
+    h = x
+    for stage in stages:
+        h = stage(h)
+    return exits[-1](h)
 
 
 def simulate_early_exit(all_logits: Sequence[torch.Tensor], thresholds: Thresholds,

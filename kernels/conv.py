@@ -28,9 +28,19 @@ Block sizes come from ``triton.autotune`` over a small config list on GPU (3x3 c
 small fixed config when ``TRITON_INTERPRET=1`` (read at import, as ``triton.jit`` does).
 fp32 inputs use TF32 products when ``torch.backends.cudnn.allow_tf32`` is set (as
 ``F.conv2d`` does) and IEEE fp32 products otherwise.
+
+Both run as ``torch.library`` ops, ``torch.ops.eexit.conv2d_nhwc`` and
+``torch.ops.eexit.bottleneck_nhwc``: they write into a required ``out`` (a mutated argument)
+and return nothing; :func:`conv2d_nhwc` and :func:`bottleneck_nhwc` allocate ``out`` when none
+is given and return it. They are ``torch.library.custom_op`` ops: opaque to ``torch.compile``,
+which runs them in ``fullgraph`` graphs through their fake implementations. (``triton_op`` would
+let Inductor see the kernel, but it runs the op body on fake tensors while tracing, which the
+Triton interpreter cannot do.) The wrappers, the op bodies and the fake implementations share
+one argument check (:mod:`eexit._checks`). Launches go to x's device, on its current stream.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -38,8 +48,9 @@ import torch
 import triton
 import triton.language as tl
 
+from eexit._checks import check_bottleneck_args, check_conv_args
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 if _INTERPRET:
     # Numpy interpreter: every program instance costs ~1 ms, keep tiles small but > 1 per dim.
@@ -146,156 +157,96 @@ def _conv_nhwc_kernel(
     tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-# ----------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------------------- ops
 
 
-def _check_int(fn: str, name: str, value: object, allowed=None, minimum=None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
-    if allowed is not None and value not in allowed:
-        raise ValueError(f"{fn}: {name} must be one of {allowed}, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_tensor(fn: str, name: str, t: object, like: Optional[torch.Tensor] = None,
-                  dtype: Optional[torch.dtype] = None, shape=None) -> torch.Tensor:
-    """Type, device (that of ``like``), dtype and exact shape checks."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if like is not None and t.device != like.device:
-        raise ValueError(f"{fn}: {name} is on {t.device} but x is on {like.device}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{fn}: {name} must be {dtype}, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    return t
-
-
-def _check_x(fn: str, x: object) -> torch.Tensor:
-    _check_tensor(fn, "x", x)
-    if x.dim() != 4:
-        raise ValueError(f"{fn}: x must have shape [N, C, H, W] (rank 4), got {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"{fn}: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError(f"{fn}: x must be channels_last (NHWC in memory); use x.to(memory_format=torch.channels_last)")
-    if x.device.type != "cuda" and not _INTERPRET:
-        raise ValueError(f"{fn}: x must be a CUDA tensor (or run under TRITON_INTERPRET=1), got {x.device}")
-    return x
-
-
-def _check_weight(fn: str, name: str, w: object, x: torch.Tensor, ksize=(1, 3)) -> torch.Tensor:
-    _check_tensor(fn, name, w, like=x, dtype=x.dtype)
-    if w.dim() != 4 or w.shape[2] != w.shape[3] or w.shape[2] not in ksize:
-        sizes = " or ".join(f"{k}x{k}" for k in ksize)
-        raise ValueError(f"{fn}: {name} must have shape [C_out, C_in, k, k] with a {sizes} kernel, "
-                         f"got {tuple(w.shape)}")
-    if w.shape[0] < 1 or w.shape[1] < 1:
-        raise ValueError(f"{fn}: {name} must have C_out >= 1 and C_in >= 1, got {tuple(w.shape)}")
-    return w
-
-
-def _check_affine(fn: str, names, pair, x: torch.Tensor, length: int):
-    """Checks a (scale, shift) pair of float32 vectors of the given length; returns them contiguous."""
-    return tuple(
-        _check_tensor(fn, name, t, like=x, dtype=torch.float32, shape=(length,)).contiguous()
-        for name, t in zip(names, pair)
-    )
-
-
-def _check_prologue(fn: str, in_scale, in_shift, x: torch.Tensor, c_in: int):
-    if (in_scale is None) != (in_shift is None):
-        raise ValueError(f"{fn}: in_scale and in_shift must be given together")
-    if in_scale is None:
-        return None
-    return _check_affine(fn, ("in_scale", "in_shift"), (in_scale, in_shift), x, c_in)
-
-
-def _check_window(fn: str, name: str, start: object, width: int, total: int, what: str) -> int:
-    _check_int(fn, name, start, minimum=0)
-    if start + width > total:
-        raise ValueError(f"{fn}: channel window [{name}, {name} + {width}) = [{start}, {start + width}) "
-                         f"exceeds the {total} channels of {what}")
-    return start
-
-
-def _check_n_active(fn: str, n_active: object, x: torch.Tensor) -> Optional[torch.Tensor]:
-    if n_active is None:
-        return None
-    _check_tensor(fn, "n_active", n_active, like=x)
-    if n_active.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{fn}: n_active must be int32 or int64, got {n_active.dtype}")
-    if n_active.dim() > 1 or n_active.numel() != 1:
-        raise ValueError(f"{fn}: n_active must be a scalar tensor (shape [] or [1]), got {tuple(n_active.shape)}")
-    return n_active
-
-
-def _out_size(fn: str, size: int, k: int, stride: int, padding: int) -> int:
-    out = (size + 2 * padding - k) // stride + 1
-    if out < 1:
-        raise ValueError(f"{fn}: input of spatial size {size} is too small for a {k}x{k} kernel with padding {padding}")
-    return out
-
-
-def _prepare_out(fn: str, out, c_out0, x: torch.Tensor, c_out: int, h_out: int, w_out: int):
-    """Allocates out (then c_out0 must be 0) or checks the caller's buffer; returns (out, c_out0)."""
-    n = x.shape[0]
-    _check_int(fn, "c_out0", c_out0, minimum=0)
-    if out is None:
-        if c_out0 != 0:
-            raise ValueError(f"{fn}: c_out0 must be 0 when out is None, got {c_out0}")
-        out = torch.empty((n, c_out, h_out, w_out), device=x.device, dtype=x.dtype,
-                          memory_format=torch.channels_last)
-        return out, 0
-    _check_tensor(fn, "out", out, like=x, dtype=x.dtype)
-    if out.dim() != 4 or out.shape[0] != n or tuple(out.shape[2:]) != (h_out, w_out):
-        raise ValueError(f"{fn}: out must have shape [{n}, C_total_out, {h_out}, {w_out}], got {tuple(out.shape)}")
-    if not out.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError(f"{fn}: out must be channels_last (NHWC in memory)")
-    return out, _check_window(fn, "c_out0", c_out0, c_out, out.shape[1], "out")
-
-
-def _byte_range(t: torch.Tensor):
-    span = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1
-    return t.data_ptr(), t.data_ptr() + span * t.element_size()
-
-
-def _check_alias(fn: str, x, c_in0, c_in, out, c_out0, c_out) -> None:
-    """Where out's memory overlaps x's, out must be x itself with disjoint channel windows."""
-    (x_lo, x_hi), (o_lo, o_hi) = _byte_range(x), _byte_range(out)
-    if o_hi <= x_lo or x_hi <= o_lo:
-        return
-    same_buffer = out.data_ptr() == x.data_ptr() and out.shape == x.shape and out.stride() == x.stride()
-    if not same_buffer or (c_out0 < c_in0 + c_in and c_in0 < c_out0 + c_out):
-        raise ValueError(f"{fn}: out shares memory with x; it must then be the same tensor with a channel "
-                         f"window [c_out0, c_out0 + C_out) disjoint from [c_in0, c_in0 + C_in)")
-
-
-# ----------------------------------------------------------------------------- launch
-
-
-def _launch(x, weight, scale, shift, out, *, stride, padding, relu, c_in0, c_out0, prologue, n_active):
-    """Launches the kernel on checked arguments; skips empty batches."""
+def _launch(x, weight, scale, shift, out, *, stride, padding, relu, c_in0, c_out0, in_scale, in_shift, n_active):
+    """Launches the kernel on checked arguments (on the current device and stream); skips empty batches."""
     n, _, h, w = x.shape
     c_out, c_in, k, _ = weight.shape
     h_out, w_out = out.shape[2], out.shape[3]
     if n == 0:
-        return out
-    in_scale, in_shift = prologue if prologue is not None else (scale, shift)  # unused when no prologue
+        return
+    scale, shift = scale.contiguous(), shift.contiguous()
+    prologue = in_scale is not None
+    in_scale, in_shift = (in_scale.contiguous(), in_shift.contiguous()) if prologue else (scale, shift)  # unused
     tf32 = x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32
-    grid = lambda meta: (triton.cdiv(n * h_out * w_out, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
+
+    def grid(meta):
+        return triton.cdiv(n * h_out * w_out, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
+
     _conv_nhwc_kernel[grid](
         x, weight, scale, shift, in_scale, in_shift, out, n_active if n_active is not None else scale,
         n, h, w, c_in, h_out, w_out, c_out, c_in0, c_out0,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        KSIZE=k, STRIDE=stride, PAD=padding, RELU=bool(relu), PROLOGUE=prologue is not None,
+        KSIZE=k, STRIDE=stride, PAD=padding, RELU=relu, PROLOGUE=prologue,
         HAS_N_ACTIVE=n_active is not None, DOT_PRECISION="tf32" if tf32 else "ieee",
     )
-    return out
+
+
+def _on_device(x: torch.Tensor):
+    """x's device as the current one, so that Triton launches there, on its current stream."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+@torch.library.custom_op("eexit::conv2d_nhwc", mutates_args=("out",))
+def _conv2d_op(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor,
+    stride: int = 1, padding: int = 0, relu: bool = True, c_in0: int = 0, c_out0: int = 0,
+    in_scale: Optional[torch.Tensor] = None, in_shift: Optional[torch.Tensor] = None,
+    n_active: Optional[torch.Tensor] = None,
+) -> None:
+    """torch.ops.eexit.conv2d_nhwc: :func:`conv2d_nhwc` into a required ``out``, returning nothing."""
+    check_conv_args(x, weight, scale, shift, out, stride=stride, padding=padding, c_in0=c_in0, c_out0=c_out0,
+                    in_scale=in_scale, in_shift=in_shift, n_active=n_active, interpret=_INTERPRET)
+    with _on_device(x):
+        _launch(x, weight, scale, shift, out, stride=stride, padding=padding, relu=relu, c_in0=c_in0,
+                c_out0=c_out0, in_scale=in_scale, in_shift=in_shift, n_active=n_active)
+
+
+@_conv2d_op.register_fake
+def _conv2d_fake(x, weight, scale, shift, out, stride=1, padding=0, relu=True, c_in0=0, c_out0=0,
+                 in_scale=None, in_shift=None, n_active=None) -> None:
+    check_conv_args(x, weight, scale, shift, out, stride=stride, padding=padding, c_in0=c_in0, c_out0=c_out0,
+                    in_scale=in_scale, in_shift=in_shift, n_active=n_active, interpret=_INTERPRET)
+
+
+@torch.library.custom_op("eexit::bottleneck_nhwc", mutates_args=("out",))
+def _bottleneck_op(
+    x: torch.Tensor, w1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor, w2: torch.Tensor,
+    scale2: torch.Tensor, shift2: torch.Tensor, out: torch.Tensor, stride: int = 1, relu1: bool = True,
+    relu2: bool = True, c_in0: int = 0, c_out0: int = 0, in_scale: Optional[torch.Tensor] = None,
+    in_shift: Optional[torch.Tensor] = None, n_active: Optional[torch.Tensor] = None,
+) -> None:
+    """torch.ops.eexit.bottleneck_nhwc: :func:`bottleneck_nhwc` into a required ``out``, returning nothing."""
+    check_bottleneck_args(x, w1, scale1, shift1, w2, scale2, shift2, out, stride=stride, c_in0=c_in0,
+                          c_out0=c_out0, in_scale=in_scale, in_shift=in_shift, n_active=n_active,
+                          interpret=_INTERPRET)
+    n, _, h, w = x.shape
+    mid = torch.empty((n, w1.shape[0], h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    with _on_device(x):
+        _launch(x, w1, scale1, shift1, mid, stride=1, padding=0, relu=relu1, c_in0=c_in0, c_out0=0,
+                in_scale=in_scale, in_shift=in_shift, n_active=n_active)
+        _launch(mid, w2, scale2, shift2, out, stride=stride, padding=1, relu=relu2, c_in0=0, c_out0=c_out0,
+                in_scale=None, in_shift=None, n_active=n_active)
+
+
+@_bottleneck_op.register_fake
+def _bottleneck_fake(x, w1, scale1, shift1, w2, scale2, shift2, out, stride=1, relu1=True, relu2=True,
+                     c_in0=0, c_out0=0, in_scale=None, in_shift=None, n_active=None) -> None:
+    check_bottleneck_args(x, w1, scale1, shift1, w2, scale2, shift2, out, stride=stride, c_in0=c_in0,
+                          c_out0=c_out0, in_scale=in_scale, in_shift=in_shift, n_active=n_active,
+                          interpret=_INTERPRET)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _new_out(shape, x: torch.Tensor) -> torch.Tensor:
+    """An uninitialised channels_last ``out`` of the given shape, on x's device, in x's dtype."""
+    return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
 
 
 def conv2d_nhwc(
@@ -315,6 +266,9 @@ def conv2d_nhwc(
     n_active: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``out[:, c_out0:c_out0+C_out] = relu?(conv(pre(x[:, c_in0:c_in0+C_in]), weight) * scale + shift)``.
+
+    Runs the op ``torch.ops.eexit.conv2d_nhwc`` (which mutates ``out``), allocating out first
+    when None.
 
     Args:
         x: ``[N, C_total_in, H, W]`` channels_last, float32/float16/bfloat16 (CUDA, or CPU
@@ -336,22 +290,13 @@ def conv2d_nhwc(
     Returns:
         out, with ``H_out = (H + 2 * padding - k) // stride + 1`` (same for W).
     """
-    fn = "conv2d_nhwc"
-    _check_x(fn, x)
-    _check_weight(fn, "weight", weight, x)
-    c_out, c_in, k, _ = weight.shape
-    scale, shift = _check_affine(fn, ("scale", "shift"), (scale, shift), x, c_out)
-    _check_int(fn, "stride", stride, allowed=(1, 2))
-    _check_int(fn, "padding", padding, minimum=0)
-    _check_window(fn, "c_in0", c_in0, c_in, x.shape[1], "x")
-    prologue = _check_prologue(fn, in_scale, in_shift, x, c_in)
-    n_active = _check_n_active(fn, n_active, x)
-    h_out = _out_size(fn, x.shape[2], k, stride, padding)
-    w_out = _out_size(fn, x.shape[3], k, stride, padding)
-    out, c_out0 = _prepare_out(fn, out, c_out0, x, c_out, h_out, w_out)
-    _check_alias(fn, x, c_in0, c_in, out, c_out0, c_out)
-    return _launch(x, weight, scale, shift, out, stride=stride, padding=padding, relu=relu,
-                   c_in0=c_in0, c_out0=c_out0, prologue=prologue, n_active=n_active)
+    shape = check_conv_args(x, weight, scale, shift, out, stride=stride, padding=padding, c_in0=c_in0,
+                            c_out0=c_out0, in_scale=in_scale, in_shift=in_shift, n_active=n_active,
+                            interpret=_INTERPRET)
+    out = _new_out(shape, x) if out is None else out
+    _conv2d_op(x, weight, scale, shift, out, stride=stride, padding=padding, relu=bool(relu), c_in0=c_in0,
+               c_out0=c_out0, in_scale=in_scale, in_shift=in_shift, n_active=n_active)
+    return out
 
 
 def bottleneck_nhwc(
@@ -375,7 +320,8 @@ def bottleneck_nhwc(
 ) -> torch.Tensor:
     """1x1 conv -> scale1/shift1/ReLU -> 3x3 conv (padding 1, ``stride``) -> scale2/shift2/ReLU.
 
-    Two launches through a scratch ``[N, inner, H, W]`` buffer (see the module docstring).
+    Runs the op ``torch.ops.eexit.bottleneck_nhwc`` (which mutates ``out``): two launches
+    through a scratch ``[N, inner, H, W]`` buffer (see the module docstring).
 
     Args:
         x: ``[N, C_total_in, H, W]`` channels_last, float32/float16/bfloat16; reads channels
@@ -390,26 +336,11 @@ def bottleneck_nhwc(
     Returns:
         out.
     """
-    fn = "bottleneck_nhwc"
-    _check_x(fn, x)
-    _check_weight(fn, "w1", w1, x, ksize=(1,))
-    _check_weight(fn, "w2", w2, x, ksize=(3,))
-    inner, c_in = w1.shape[0], w1.shape[1]
-    c_out = w2.shape[0]
-    if w2.shape[1] != inner:
-        raise ValueError(f"{fn}: w2 must have C_in = {inner} (w1's C_out), got {tuple(w2.shape)}")
-    scale1, shift1 = _check_affine(fn, ("scale1", "shift1"), (scale1, shift1), x, inner)
-    scale2, shift2 = _check_affine(fn, ("scale2", "shift2"), (scale2, shift2), x, c_out)
-    _check_int(fn, "stride", stride, allowed=(1, 2))
-    _check_window(fn, "c_in0", c_in0, c_in, x.shape[1], "x")
-    prologue = _check_prologue(fn, in_scale, in_shift, x, c_in)
-    n_active = _check_n_active(fn, n_active, x)
-    n, _, h, w = x.shape
-    h_out = _out_size(fn, h, 3, stride, 1)
-    w_out = _out_size(fn, w, 3, stride, 1)
-    out, c_out0 = _prepare_out(fn, out, c_out0, x, c_out, h_out, w_out)
-    mid = torch.empty((n, inner, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    _launch(x, w1, scale1, shift1, mid, stride=1, padding=0, relu=relu1,
-            c_in0=c_in0, c_out0=0, prologue=prologue, n_active=n_active)
-    return _launch(mid, w2, scale2, shift2, out, stride=stride, padding=1, relu=relu2,
-                   c_in0=0, c_out0=c_out0, prologue=None, n_active=n_active)
+    shape = check_bottleneck_args(x, w1, scale1, shift1, w2, scale2, shift2, out, stride=stride, c_in0=c_in0,
+                                  c_out0=c_out0, in_scale=in_scale, in_shift=in_shift, n_active=n_active,
+                                  interpret=_INTERPRET)
+    out = _new_out(shape, x) if out is None else out
+    _bottleneck_op(x, w1, scale1, shift1, w2, scale2, shift2, out, stride=stride, relu1=bool(relu1),
+                   relu2=bool(relu2), c_in0=c_in0, c_out0=c_out0, in_scale=in_scale, in_shift=in_shift,
+                   n_active=n_active)
+    return out

@@ -1,6 +1,12 @@
+"""Triton tests (tests/kernels, tests/nn) run under the Triton interpreter on CPU tensors
+(TRITON_INTERPRET=1, set here before anything imports Triton) unless EEXIT_TEST_GPU=1:
+``EEXIT_TEST_GPU=1 pytest tests/kernels tests/nn`` runs them compiled on a CUDA GPU."""
 import os
 
-import pytest
+if os.environ.get("EEXIT_TEST_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 def pytest_sessionstart(session):

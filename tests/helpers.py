@@ -27,6 +27,38 @@ PREACT_TOL = {
 }
 
 
+# Triton tests run under the interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1
+# unless EEXIT_TEST_GPU=1), or compiled on a CUDA GPU.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_DEVICE = "cpu" if TRITON_INTERPRET else "cuda"
+# bf16 arithmetic is wrong in the interpreter: bf16 only on the GPU.
+TRITON_DTYPES = [torch.float32, torch.float16] + ([] if TRITON_INTERPRET else [torch.bfloat16])
+
+# Triton conv kernels vs a float64 reference. float32: IEEE products in the interpreter, TF32 on
+# the GPU (torch.backends.cudnn.allow_tf32 is on by default, as for F.conv2d).
+KERNEL_TOL = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4) if TRITON_INTERPRET else dict(atol=5e-3, rtol=5e-3),
+    torch.float16: dict(atol=2e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=8e-2, rtol=3e-2),
+}
+# eexit.nn modules on the Triton path vs the reference: low-precision storage between the two
+# convs of a layer rounds activations of order 1-10; float32 as above (kernels and reference alike).
+TRITON_MODULE_TOL = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4) if TRITON_INTERPRET else dict(atol=1e-2, rtol=1e-2),
+    torch.float16: dict(atol=2e-2, rtol=2e-2),
+    torch.bfloat16: dict(atol=1.5e-1, rtol=1e-1),
+}
+
+
+def require_triton_device() -> None:
+    """Skips the calling test module where the Triton kernels cannot run (no interpreter, no GPU)."""
+    import pytest
+
+    pytest.importorskip("triton")
+    if not TRITON_INTERPRET and not torch.cuda.is_available():
+        pytest.skip("compiled Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1)", allow_module_level=True)
+
+
 def new_seed() -> int:
     """A fresh seed per test (EEXIT_TEST_SEED replays one); tests put it in their messages."""
     return int(os.environ.get("EEXIT_TEST_SEED", secrets.randbits(31)))
@@ -41,10 +73,6 @@ def random_logits(n: int, c: int, dtype: torch.dtype, device: str, gen: torch.Ge
     scale = torch.rand(n, 1, generator=gen) * 8
     x = torch.randn(n, c, generator=gen) * scale
     return x.to(dtype=dtype, device=device)
-
-
-def passes(score: torch.Tensor, threshold: float, criterion: str) -> torch.Tensor:
-    return score >= threshold if criterion == "confidence" else score < threshold
 
 
 def randomise_bn(model, gen: torch.Generator, mean_std: float = 0.2, affine: bool = False):

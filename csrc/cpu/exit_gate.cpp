@@ -6,6 +6,7 @@
 
 #include "cpu/kernels.h"
 #include "eexit.h"
+#include "exit_rule.h"
 
 namespace eexit {
 namespace {
@@ -18,7 +19,8 @@ GateResult exit_gate_cpu(const at::Tensor& logits, double threshold, c10::string
   const int64_t N = x.size(0), C = x.size(1);
   at::Tensor score = at::empty({N}, x.options().dtype(at::kFloat));
   at::Tensor pred = at::empty({N}, x.options().dtype(at::kLong));
-  const cpu::GateArgs args{x.const_data_ptr(), x.stride(0), C, x.scalar_type(), crit == Criterion::Entropy,
+  const bool entropy = crit == Criterion::Entropy;
+  const cpu::GateArgs args{x.const_data_ptr(), x.stride(0), C, x.scalar_type(), entropy,
                            score.mutable_data_ptr<float>(), pred.mutable_data_ptr<int64_t>()};
   const auto kernel = cpu::use_avx2() ? cpu::gate_rows_avx2 : cpu::gate_rows_default;
   // ~16K logits a task: smaller gates run on the calling thread, as handing
@@ -29,13 +31,13 @@ GateResult exit_gate_cpu(const at::Tensor& logits, double threshold, c10::string
   const float thr = static_cast<float>(threshold);
   const float* sp = score.const_data_ptr<float>();
   int64_t n_exit = 0;
-  for (int64_t r = 0; r < N; ++r) n_exit += exits(sp[r], thr, crit);
+  for (int64_t r = 0; r < N; ++r) n_exit += exits(sp[r], thr, entropy);
   at::Tensor exit_idx = at::empty({n_exit}, pred.options());
   at::Tensor keep_idx = at::empty({N - n_exit}, pred.options());
   int64_t* ep = exit_idx.mutable_data_ptr<int64_t>();
   int64_t* kp = keep_idx.mutable_data_ptr<int64_t>();
   for (int64_t r = 0, e = 0; r < N; ++r) {  // branch-free: exits are unpredictable
-    const bool f = exits(sp[r], thr, crit);
+    const bool f = exits(sp[r], thr, entropy);
     *(f ? ep + e : kp + (r - e)) = r;
     e += f;
   }

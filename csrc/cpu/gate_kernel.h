@@ -3,14 +3,14 @@
 // namespace so the two instantiations never collide.
 //
 // Per row, in float32, one pass over memory: a running max m, s = sum exp(z - m)
-// and u = sum exp(z - m) * (z - m), rescaled when m grows. Then
-//   confidence = 1 / s,   entropy = log s - u / s   (= log Z - sum p z).
+// and u = sum exp(z - m) * (z - m), rescaled when m grows; the scores and the
+// rule are exit_rule.h's, applied per row to s and u.
 // d = z - m is clamped at kMinExp, so -inf logits give a tiny normal term
 // (e^-86.5 ~ 3e-38, far below float resolution next to the max's exact 1):
 // no NaN from 0 * -inf and no subnormal arithmetic.
 // A row whose max is +-inf is uniform over the k entries equal to the max
-// (confidence 1/k, entropy log k); a row with a NaN scores NaN and its pred is
-// the first NaN (as torch.argmax).
+// (confidence 1/k, entropy log k: s = k, u = 0); a row with a NaN scores NaN
+// (s = NaN) and its pred is the first NaN (as torch.argmax).
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -21,6 +21,7 @@
 #include <limits>
 
 #include "cpu/kernels.h"
+#include "exit_rule.h"
 
 namespace eexit::cpu {
 namespace CPU_CAPABILITY {
@@ -32,11 +33,6 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kMinExp = -86.5f;  // e^kMinExp and the terms it feeds stay normal floats
 constexpr int64_t kSmallC = 32;   // up to this many classes, W rows are processed side by side
 constexpr int64_t kTile = 2048;   // row tile for large C (8 KiB of float: stays in L1)
-
-// s >= 1 (the max contributes exactly 1) and u <= 0, so both scores are in range.
-inline float finish_score(float s, float u, bool entropy) {
-  return entropy ? std::log(s) - u / s : 1.f / s;
-}
 
 // e^d for d in [kMinExp, 0]: d = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so
 // n ln2 is exact), e^r = 1 + r q(r) with q of degree 4 fitted for relative error
@@ -61,10 +57,6 @@ inline Vec exp_neg(const Vec& d) {
   // (bits of t) = bits of 1.5 * 2^23 + n; shifting by 23 drops the former.
   const IVec bits = (at::vec::cast<int32_t>(t) + IVec(127)) << IVec(23);
   return p * at::vec::cast<float>(bits);
-}
-
-inline float uniform_score(int64_t k, bool entropy) {
-  return entropy ? std::log(static_cast<float>(k)) : 1.f / static_cast<float>(k);
 }
 
 // Bit i set where lane i of `mask` (all-ones / zero lanes) is set.
@@ -111,7 +103,8 @@ void gate_small(const GateArgs& a, int64_t r0, int64_t r1) {
   const auto* x = static_cast<const scalar_t*>(a.data);
   const int64_t C = a.C;
   alignas(64) float t[kSmallC * W];
-  alignas(64) float sc[W];
+  alignas(64) float ss[W];
+  alignas(64) float us[W];
   alignas(64) float pr[W];
   for (int64_t r = r0; r < r1; r += W) {
     const int64_t rows = std::min<int64_t>(W, r1 - r);
@@ -142,20 +135,18 @@ void gate_small(const GateArgs& a, int64_t r0, int64_t r1) {
       s = s + e;
       if constexpr (kEntropy) u = at::vec::fmadd(e, d, u);
     }
-    Vec score;
-    if constexpr (kEntropy) score = s.log() - u / s;
-    else score = s.reciprocal();
     const Vec inf_max = m.abs() == Vec(kInf);
     if (lanes(inf_max)) {  // uniform over the k entries equal to the infinite max
       Vec k(0.f);
       for (int64_t c = 0; c < C; ++c) k = k + (one & (Vec::loadu(t + c * W) == m));
-      score = Vec::blendv(score, kEntropy ? k.log() : k.reciprocal(), inf_max);
+      s = Vec::blendv(s, k, inf_max);
+      u = Vec::blendv(u, Vec(0.f), inf_max);
     }
-    score = Vec::blendv(score, Vec(kNaN), has_nan);
-    score.store(sc);
+    Vec::blendv(s, Vec(kNaN), has_nan).store(ss);
+    u.store(us);
     Vec::blendv(arg, nan_arg, has_nan).store(pr);
     for (int64_t i = 0; i < rows; ++i) {
-      a.score[r + i] = sc[i];
+      a.score[r + i] = row_score(ss[i], us[i], kEntropy);
       a.pred[r + i] = static_cast<int64_t>(pr[i]);
     }
   }
@@ -169,7 +160,7 @@ void gate_large(const GateArgs& a, int64_t r0, int64_t r1) {
   alignas(64) float buf[std::is_same_v<scalar_t, float> ? 1 : kTile];
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* row = x + r * a.row_stride;
-    float m = -kInf, s = 0.f, u = 0.f, score = 0.f;
+    float m = -kInf, s = 0.f, u = 0.f;
     int64_t arg = 0, n_inf = 0;
     bool done = false;
     for (int64_t t0 = 0; t0 < C && !done; t0 += kTile) {
@@ -196,7 +187,7 @@ void gate_large(const GateArgs& a, int64_t r0, int64_t r1) {
             break;
           }
         }
-        score = kNaN;
+        s = kNaN;
         done = true;
         break;
       }
@@ -241,12 +232,11 @@ void gate_large(const GateArgs& a, int64_t r0, int64_t r1) {
       s += at::vec::vec_reduce_all<float>(add, vs);
       if constexpr (kEntropy) u += at::vec::vec_reduce_all<float>(add, vu);
     }
-    if (!done) {
-      if (m == kInf) score = uniform_score(n_inf, a.entropy);
-      else if (m == -kInf) score = uniform_score(C, a.entropy);
-      else score = finish_score(s, u, kEntropy);
+    if (!done && std::isinf(m)) {  // uniform over the entries equal to the max
+      s = static_cast<float>(m > 0.f ? n_inf : C);
+      u = 0.f;
     }
-    a.score[r] = score;
+    a.score[r] = row_score(s, u, kEntropy);
     a.pred[r] = arg;
   }
 }

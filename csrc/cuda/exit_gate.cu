@@ -3,7 +3,8 @@
 // flag; CUB's single-pass partition (block scan with decoupled look-back) then
 // splits the rows into exits and keeps. All on the current stream, with one
 // device-to-host copy of the count.
-// Semantics match csrc/cpu/gate_kernel.h (see there for the inf and NaN rules).
+// Semantics match csrc/cpu/gate_kernel.h (see there for the inf and NaN rules);
+// the scores and the pass rule are csrc/exit_rule.h's, shared with it.
 // CUB lives in eexit's own namespace, apart from torch's copy (as ATen wraps
 // its own); Thrust stays global, as torch's headers name it.
 #define CUB_WRAPPED_NAMESPACE eexit_cub
@@ -22,6 +23,7 @@
 #include <cstdint>
 
 #include "eexit.h"
+#include "exit_rule.h"
 
 namespace eexit {
 namespace {
@@ -126,21 +128,20 @@ __device__ __forceinline__ void scan_row(const T* row, int64_t C, int lane, int 
 
 __device__ __forceinline__ void finish_row(const RowState& st, int64_t C, int64_t r, bool entropy, float thr,
                                            float* score, int64_t* pred, uint8_t* flag) {
-  float sc;
+  float s = st.s, u = st.u;
   int64_t p = st.arg;
   if (st.nan != kNoIndex) {
-    sc = NAN;
+    s = NAN;
     p = st.nan;
-  } else if (isinf(st.m)) {  // uniform over the entries equal to an infinite max
-    const float k = st.m > 0.f ? static_cast<float>(st.k) : static_cast<float>(C);
-    sc = entropy ? logf(k) : 1.f / k;
+  } else if (isinf(st.m)) {  // uniform over the k entries equal to an infinite max: s = k, u = 0
+    s = st.m > 0.f ? static_cast<float>(st.k) : static_cast<float>(C);
+    u = 0.f;
     if (st.m < 0.f) p = 0;
-  } else {
-    sc = entropy ? fmaxf(logf(st.s) - st.u / st.s, 0.f) : fminf(1.f / st.s, 1.f);
   }
+  const float sc = row_score(s, u, entropy);
   score[r] = sc;
   pred[r] = p;
-  flag[r] = entropy ? (sc < thr) : (sc >= thr);
+  flag[r] = exits(sc, thr, entropy);
 }
 
 // One warp per row.

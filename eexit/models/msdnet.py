@@ -34,8 +34,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel, FusedModule
-from eexit.nn.backend import memory_format_of
+from eexit._layout import memory_format_of
+from eexit.models.state_dict import mismatch_report
+from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel
 
 Features = List[torch.Tensor]
 DATASETS = ("cifar", "imagenet")
@@ -85,7 +86,8 @@ class ScaleConv(nn.Module):
 
     With a finer input: ``cat([same, conv_down(finer), conv_normal(same)], 1)``, each conv giving
     ``growth // 2`` channels (conv_down has stride 2). Without: ``cat([same, conv_normal(same)], 1)``,
-    conv_normal giving ``growth`` channels.
+    conv_normal giving ``growth`` channels. :meth:`_convs` states that order once; :meth:`forward`
+    concatenates in it and :meth:`forward_into` writes in it.
     """
 
     def __init__(self, in_same: int, in_finer: Optional[int], growth: int, bottleneck: bool,
@@ -98,13 +100,36 @@ class ScaleConv(nn.Module):
             self.conv_down = BottleneckConv(in_finer, growth // 2, "down", bottleneck, bn_finer, backend=backend)
             self.conv_normal = BottleneckConv(in_same, growth // 2, "normal", bottleneck, bn_same, backend=backend)
 
-    def forward(self, same: torch.Tensor, finer: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """same [N, C, H, W], finer [N, C_f, 2H, 2W] (required iff conv_down) -> [N, C + growth, H, W]."""
+    def _check_finer(self, finer: Optional[torch.Tensor]) -> None:
         if (finer is None) != (self.conv_down is None):
             raise ValueError("ScaleConv: pass the finer-scale input exactly when the unit has conv_down")
-        if self.conv_down is None:
-            return torch.cat([same, self.conv_normal(same)], 1)
-        return torch.cat([same, self.conv_down(finer), self.conv_normal(same)], 1)
+
+    @property
+    def added_channels(self) -> int:
+        """Channels the unit appends to the same-scale map."""
+        return sum(conv.out_channels for conv, _ in self._convs(None, None))
+
+    def _convs(self, same, finer) -> List[Tuple[BottleneckConv, Any]]:
+        """(conv, its input) in concat order, after the same-scale map itself."""
+        return ([(self.conv_down, finer)] if self.conv_down is not None else []) + [(self.conv_normal, same)]
+
+    def forward(self, same: torch.Tensor, finer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """same [N, C, H, W], finer [N, C_f, 2H, 2W] (required iff conv_down) -> [N, C + growth, H, W]."""
+        self._check_finer(finer)
+        return torch.cat([same] + [conv(t) for conv, t in self._convs(same, finer)], 1)
+
+    def forward_into(self, same: torch.Tensor, c_same: int, finer: Optional[torch.Tensor] = None,
+                     c_finer: int = 0) -> int:
+        """The buffer form of :meth:`forward`: ``same`` is a concat buffer whose first ``c_same``
+        channels hold the same-scale map, ``finer`` (iff conv_down) one whose first ``c_finer`` hold the
+        finer map; the new channels are written into ``same[:, c_same : c_same + added_channels]``
+        (:meth:`~eexit.nn.conv.ConvStack.into`). Returns ``c_same + added_channels``."""
+        self._check_finer(finer)
+        at = c_same
+        for conv, (t, c) in self._convs((same, c_same), None if finer is None else (finer, c_finer)):
+            conv.into(t, c, same, at)
+            at += conv.out_channels
+        return at
 
 
 class MSDLayer(nn.Module):
@@ -134,12 +159,29 @@ class MSDLayer(nn.Module):
             ))
         self.layers = nn.ModuleList(units)
 
+    def _wiring(self, n_inputs: int) -> List[Tuple[ScaleConv, int, Optional[int]]]:
+        """(unit, index of its same-scale input, index of its finer input or None), output order."""
+        if n_inputs != self.in_scales:
+            raise ValueError(f"MSDLayer: expected {self.in_scales} scales, got {n_inputs}")
+        d = self.discard
+        return [(unit, j + d, j + d - 1 if j + d > 0 else None) for j, unit in enumerate(self.layers)]
+
     def forward(self, x: Features) -> Features:
         """in_scales maps (finest first) -> out_scales maps, each with growth_rate * gr_factor[s] more channels."""
-        if len(x) != self.in_scales:
-            raise ValueError(f"MSDLayer: expected {self.in_scales} scales, got {len(x)}")
-        d = self.discard
-        return [unit(x[j + d], x[j + d - 1] if j + d > 0 else None) for j, unit in enumerate(self.layers)]
+        return [unit(x[s], None if f is None else x[f]) for unit, s, f in self._wiring(len(x))]
+
+    def forward_into(self, bufs: Features, counts: List[int]) -> Tuple[Features, List[int]]:
+        """The buffer form of :meth:`forward`: input scale i is the first ``counts[i]`` channels of
+        concat buffer ``bufs[i]``, with room for what the layer appends. Returns the output scales'
+        buffers and channel counts (the coarsest out_scales inputs, grown in place)."""
+        wiring = self._wiring(len(bufs))
+        out = [unit.forward_into(bufs[s], counts[s], None if f is None else bufs[f], 0 if f is None else counts[f])
+               for unit, s, f in wiring]  # units read the counts from before the layer
+        return [bufs[s] for _, s, _ in wiring], out
+
+    def uses_buffers(self, x: torch.Tensor) -> bool:
+        """Whether the units' convs take a buffer path for input x (any path but "reference")."""
+        return self.layers[0].conv_normal.resolve_path(x) != "reference"
 
 
 class MSDTransition(nn.Module):
@@ -157,27 +199,26 @@ class MSDTransition(nn.Module):
         return [conv(t) for conv, t in zip(self.m, x)]
 
 
-class MSDBlock(nn.Sequential, FusedModule):
+class MSDBlock(nn.Sequential):
     """The layers between two exits (one stage): [stem,] MSDLayer / MSDTransition ...
 
     Input: the image [N, 3, H, W] for block 0, else the previous block's maps; output: the list of
     per-scale maps [N, C_s, H_s, W_s] (finest remaining scale first).
 
-    The reference backend concatenates at every layer (``torch.cat``). The fused paths run each
-    stretch of consecutive MSD layers in per-scale concat buffers (:func:`grow_in_buffers`).
+    On the reference compute path every layer concatenates (``torch.cat``). Otherwise each stretch
+    of consecutive MSD layers runs in one preallocated concat buffer per scale (in the input's memory
+    format): each map is copied in once, then every layer appends through :meth:`MSDLayer.forward_into`.
     """
 
     def forward(self, x: Union[torch.Tensor, Features]) -> Features:
-        if self._path(x if isinstance(x, torch.Tensor) else x[0]) == "reference":
-            return nn.Sequential.forward(self, x)
         units = list(self)
         i = 0
         while i < len(units):
             j = i
-            while j < len(units) and isinstance(units[j], MSDLayer):
+            while j < len(units) and isinstance(units[j], MSDLayer) and units[j].uses_buffers(x[0]):
                 j += 1
             if j > i:
-                x = grow_in_buffers(x, units[i:j])
+                x = _grow_in_buffers(x, units[i:j])
                 i = j
             else:
                 x = units[i](x)
@@ -185,40 +226,25 @@ class MSDBlock(nn.Sequential, FusedModule):
         return x
 
 
-def grow_in_buffers(feats: Features, layers: Sequence[MSDLayer]) -> Features:
-    """Consecutive MSD layers with one preallocated concat buffer per scale (in the input's memory
-    format): each scale's input is copied in once, then every layer puts its strided-conv and
-    same-scale outputs into their channel slices (order [old, down, normal], as the reference's cat),
-    reading only the channels that existed before the layer (:meth:`ConvStack.into`: in place by the
-    Triton kernels' channel windows for channels_last buffers, else computed and copied). Returns
-    the full buffers of the scales left."""
-    positions = list(range(len(feats)))  # index into feats of each scale still in use, finest first
-    total = {p: t.shape[1] for p, t in enumerate(feats)}
+def _grow_in_buffers(feats: Features, layers: Sequence[MSDLayer]) -> Features:
+    """Runs consecutive MSD layers in per-scale concat buffers sized for all of them; returns the
+    buffers of the scales left."""
+    total = [t.shape[1] for t in feats]
+    scales = list(range(len(feats)))  # which of feats each current scale is, finest first
     for layer in layers:
-        if len(positions) != layer.in_scales:
-            raise ValueError(f"MSDLayer: expected {layer.in_scales} scales, got {len(positions)}")
-        positions = positions[layer.discard:]
-        for p, unit in zip(positions, layer.layers):
-            total[p] += unit.conv_normal.out_channels + (unit.conv_down.out_channels if unit.conv_down else 0)
+        scales = scales[layer.discard:]
+        for s, unit in zip(scales, layer.layers):
+            total[s] += unit.added_channels
     bufs = []
-    for p, t in enumerate(feats):
-        buf = torch.empty((t.shape[0], total[p], *t.shape[2:]), dtype=t.dtype, device=t.device,
+    for t, c in zip(feats, total):
+        buf = torch.empty((t.shape[0], c, *t.shape[2:]), dtype=t.dtype, device=t.device,
                           memory_format=memory_format_of(t))
         buf[:, : t.shape[1]].copy_(t)
         bufs.append(buf)
-    count = {p: t.shape[1] for p, t in enumerate(feats)}
-    positions = list(range(len(feats)))
+    counts = [t.shape[1] for t in feats]
     for layer in layers:
-        before = dict(count)  # each scale's channels before the layer: the layer's input
-        out = positions[layer.discard:]
-        for j, (p, unit) in enumerate(zip(out, layer.layers)):
-            convs = ([(unit.conv_down, positions[j + layer.discard - 1])] if unit.conv_down else []) + \
-                    [(unit.conv_normal, p)]
-            for conv, src in convs:
-                conv.into(bufs[src], before[src], bufs[p], count[p])
-                count[p] += conv.out_channels
-        positions = out
-    return [bufs[p] for p in positions]
+        bufs, counts = layer.forward_into(bufs, counts)
+    return bufs
 
 
 class MSDClassifier(nn.Module):
@@ -306,8 +332,8 @@ class MSDNet(EarlyExitModel):
         num_classes: classes (the official code takes 10 / 100 / 1000 from the data set name).
         dataset: 'cifar' (3x3 stem, 128-wide classifiers, 32 px) or 'imagenet' (7x7 stem, classifiers
             as wide as their input, 224 px).
-        backend: eexit backend of every ConvBNReLU / BottleneckConv (see :mod:`eexit.nn.backend`);
-            "reference" also makes :meth:`infer` gate with :mod:`eexit.reference`.
+        backend: sets the compute path of every ConvBNReLU / BottleneckConv and the gate ops of
+            :meth:`infer` (see :mod:`eexit.nn.execution`); "reference" runs everything in plain PyTorch.
 
     ``model(x)`` returns every exit's logits (official semantics); ``model.infer(x, thresholds,
     criterion)`` runs real sample-level early exit (:class:`eexit.nn.EarlyExitModel`).
@@ -317,7 +343,7 @@ class MSDNet(EarlyExitModel):
                  gr_factor: Sequence[int], bn_factor: Sequence[int], *, num_classes: int, dataset: str,
                  bottleneck: bool = True, prune: str = "max", reduction: float = 0.5,
                  backend: str = "auto") -> None:
-        super().__init__(backend)  # checks backend
+        super().__init__(backend)  # checks backend, sets gate_ops
         _positive_int("n_blocks", n_blocks)
         _positive_int("n_channels", n_channels)
         _positive_int("base", base)
@@ -378,7 +404,6 @@ class MSDNet(EarlyExitModel):
             c_last = n_in * gr_factor[-1]
             hidden = 128 if dataset == "cifar" else c_last
             self.classifier.append(MSDClassifier(c_last, hidden, num_classes, backend))
-        self.set_backend(backend)  # the blocks too
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -399,25 +424,10 @@ class MSDNet(EarlyExitModel):
         offending keys with expected / got shapes, and nothing is loaded. Returns self.
         """
         state = strip_prefix(state_dict)
-        expected = self.state_dict()
-        missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in state if k not in expected]
-        mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-        if missing or unexpected or mismatched:
-            def shape(t: torch.Tensor) -> str:
-                return str(tuple(t.shape))
-
-            lines = [f"MSDNet.load_official: the state_dict does not match MSDNet({self.extra_repr()})"]
-            for title, keys, describe in (
-                ("missing keys", missing, lambda k: f"{k} (expected {shape(expected[k])})"),
-                ("unexpected keys", unexpected, lambda k: f"{k} (got {shape(state[k])})"),
-                ("shape mismatches", mismatched,
-                 lambda k: f"{k}: expected {shape(expected[k])}, got {shape(state[k])}"),
-            ):
-                if keys:
-                    first = " (the first 5)" if len(keys) > 5 else ""
-                    lines.append(f"  {len(keys)} {title}{first}: " + "; ".join(describe(k) for k in keys[:5]))
-            raise ValueError("\n".join(lines))
+        problems = mismatch_report(self.state_dict(), state, optional=lambda k: k.endswith("num_batches_tracked"))
+        if problems:
+            raise ValueError("\n  ".join([f"MSDNet.load_official: the state_dict does not match "
+                                           f"MSDNet({self.extra_repr()})"] + problems))
         self.load_state_dict(state, strict=False)
         return self
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eexit import ops
-from eexit.nn.backend import FusedModule, memory_format_of
+from eexit._layout import memory_format_of
+from eexit.nn.execution import ComputePathModule
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
 
 
@@ -20,7 +21,7 @@ def triton_supports(conv: nn.Conv2d) -> bool:
     )
 
 
-class ConvStack(FusedModule):
+class ConvStack(ComputePathModule):
     """Base of the modules whose ``net`` is a sequence of Conv2d -> BatchNorm2d -> ReLU units."""
 
     net: nn.Sequential
@@ -34,7 +35,7 @@ class ConvStack(FusedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, C_in, H, W] -> [N, C_out, H', W'], in x's memory format and dtype."""
-        path = self._path(x)
+        path = self.resolve_path(x)
         if path == "reference":
             return self.net(x)
         units = self.units()
@@ -56,7 +57,7 @@ class ConvStack(FusedModule):
         if units[0][0].in_channels != c_in:
             raise ValueError(f"{type(self).__name__}.into: c_in must be {units[0][0].in_channels}, got {c_in}")
         last = torch.channels_last
-        if self._path(x) == "triton" and all(triton_supports(c) for c, _ in units) \
+        if self.resolve_path(x) == "triton" and all(triton_supports(c) for c, _ in units) \
                 and x.is_contiguous(memory_format=last) and out.is_contiguous(memory_format=last):
             with torch.no_grad():
                 self._triton(x, units, out, c_out0)

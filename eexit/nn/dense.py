@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eexit import ops
-from eexit.nn.backend import FusedModule, memory_format_of
+from eexit._layout import memory_format_of
+from eexit.nn.execution import ComputePathModule
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
 
 
@@ -27,12 +28,12 @@ class DenseLayer(nn.Module):
         return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
 
 
-class DenseConcatBlock(FusedModule):
+class DenseConcatBlock(ComputePathModule):
     """``num_layers`` DenseNet-BC layers; returns [N, in_channels + num_layers * growth_rate, H, W].
 
     The reference concatenates with ``torch.cat`` at every layer (O(L^2) bytes copied). The fused
-    paths write each layer's output into its channel slice of one preallocated buffer: on CPU
-    :func:`eexit.ops.append_channels` copies each new output in and writes the next layer's
+    paths write each layer's output into its channel slice of one preallocated buffer: on the folded
+    path :func:`eexit.ops.append_channels` copies each new output in and writes the next layer's
     BN1-ReLU input (one reused scratch) in the same pass, and BN2 is folded into conv1; with Triton the
     BN-ReLU prologue, folded BN2 + ReLU and the 3x3 conv run in two kernel launches per layer.
     """
@@ -55,21 +56,21 @@ class DenseConcatBlock(FusedModule):
         """x [N, in_channels, H, W] -> [N, out_channels, H, W], in x's memory format and dtype."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"DenseConcatBlock: expected input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
-        path = self._path(x)
+        path = self.resolve_path(x)
         if path == "reference":
             features = [x]
             for layer in self.layers:
                 features.append(layer(torch.cat(features, 1)))
             return torch.cat(features, 1)
         with torch.no_grad():
-            return self._triton(x) if path == "triton" else self._torch(x)
+            return self._triton(x) if path == "triton" else self._folded(x)
 
     def _buffer(self, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
         """The (uninitialised) concat buffer [N, out_channels, H, W] for input x."""
         n, _, h, w = x.shape
         return torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
 
-    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+    def _folded(self, x: torch.Tensor) -> torch.Tensor:
         fmt = memory_format_of(x)
         n, c0, h, w = x.shape
         g, dt = self.growth_rate, x.dtype
@@ -78,11 +79,11 @@ class DenseConcatBlock(FusedModule):
         new, at = x, 0  # the channels not yet in buf, and where they go
         for i, layer in enumerate(self.layers):
             c = c0 + i * g
-            s1, b1 = self._fold.get(f"pre{i}", bn_sources(layer.norm1), lambda l=layer: bn_affine(l.norm1))
+            s1, b1 = self._fold.get(f"pre{i}", bn_sources(layer.norm1), lambda ly=layer: bn_affine(ly.norm1))
             w1, bias1 = self._fold.get(f"conv1_{i}:{dt}", [layer.conv1.weight, *bn_sources(layer.norm2)],
-                                       lambda l=layer: fold_conv_bn(l.conv1, l.norm2, dt))
+                                       lambda ly=layer: fold_conv_bn(ly.conv1, ly.norm2, dt))
             w2 = self._fold.get(f"conv2_{i}:{dt}:{fmt}", [layer.conv2.weight],
-                                lambda l=layer: l.conv2.weight.to(dt).contiguous(memory_format=fmt))
+                                lambda ly=layer: ly.conv2.weight.to(dt).contiguous(memory_format=fmt))
             pre = scratch[: n * c * h * w]  # a dense [N, c, H, W] view of the reused scratch
             pre = pre.view(n, h, w, c).permute(0, 3, 1, 2) if fmt == torch.channels_last else pre.view(n, c, h, w)
             ops.append_channels(buf, new, at, pre, s1, b1)  # the copy and BN1-ReLU in one pass
@@ -103,8 +104,8 @@ class DenseConcatBlock(FusedModule):
             s1, b1, w1, s2, b2, w2, one, zero = self._fold.get(
                 f"triton{i}:{dt}",
                 [layer.conv1.weight, layer.conv2.weight, *bn_sources(layer.norm1), *bn_sources(layer.norm2)],
-                lambda l=layer: (
-                    *bn_affine(l.norm1), l.conv1.weight.to(dt), *bn_affine(l.norm2), l.conv2.weight.to(dt),
+                lambda ly=layer: (
+                    *bn_affine(ly.norm1), ly.conv1.weight.to(dt), *bn_affine(ly.norm2), ly.conv2.weight.to(dt),
                     torch.ones(g, device=x.device), torch.zeros(g, device=x.device),
                 ),
             )

@@ -6,37 +6,47 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from eexit.nn.backend import FusedModule
-from eexit.runner import EarlyExitOutput, Thresholds, run_early_exit
+from eexit import ops, reference
+from eexit.nn.execution import BACKENDS, check_backend, check_gate_ops, set_backend
+from eexit.runner import EarlyExitOutput, Thresholds, run_all_exits, run_early_exit
 
 
-class EarlyExitModel(FusedModule):
+class EarlyExitModel(nn.Module):
     """Base of networks with exits. Subclasses provide :meth:`exit_stages`: ``stages[k]`` maps
     stage k-1's output (the input for k = 0) to its own (a tensor or a list/tuple of tensors);
     ``exits[k]`` maps stage k's output to logits [B, C]; the last exit is the final classifier.
 
     ``forward(x)`` returns every exit's logits (training, and the dense evaluation);
-    ``infer(x, thresholds, criterion)`` runs real early exit (see :mod:`eexit.runner`), with the
-    fused ops, or with :mod:`eexit.reference` when the backend is "reference".
+    ``infer(x, thresholds, criterion)`` runs real early exit (see :mod:`eexit.runner`) with the
+    gate ops named by ``gate_ops``: "fused" (:mod:`eexit.ops`) or "reference" (:mod:`eexit.reference`).
+    ``backend`` (constructor, :meth:`set_backend`) sets gate_ops and the compute path of every eexit
+    module inside (:mod:`eexit.nn.execution`).
     """
+
+    def __init__(self, backend: str = "auto") -> None:
+        super().__init__()
+        self.gate_ops = BACKENDS[check_backend(backend)][1]
+
+    def set_backend(self, backend: str) -> "EarlyExitModel":
+        """:func:`eexit.nn.set_backend` on this model and every eexit module inside it."""
+        return set_backend(self, backend)
+
+    def extra_repr(self) -> str:
+        return f"gate_ops={self.gate_ops!r}"
 
     def exit_stages(self) -> Tuple[List[nn.Module], List[nn.Module]]:
         raise NotImplementedError
 
     def forward(self, x) -> List[torch.Tensor]:
-        stages, exits = self.exit_stages()
-        out, h = [], x
-        for stage, head in zip(stages, exits):
-            h = stage(h)
-            out.append(head(h))
-        return out
+        return run_all_exits(*self.exit_stages(), x)
 
     @torch.no_grad()
     def infer(self, x, thresholds: Thresholds, criterion: str = "confidence") -> EarlyExitOutput:
         """Real early exit; ``thresholds`` one per exit or one for all (the last exit takes
         everyone left). Call ``.eval()`` first: in train mode BatchNorm mixes samples."""
         stages, exits = self.exit_stages()
-        return run_early_exit(stages, exits, x, thresholds, criterion, use_reference=self.backend == "reference")
+        gate = {"fused": ops, "reference": reference}[check_gate_ops(self.gate_ops)]
+        return run_early_exit(stages, exits, x, thresholds, criterion, gate=gate)
 
 
 class EarlyExitNetwork(EarlyExitModel):

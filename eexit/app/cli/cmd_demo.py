@@ -1,0 +1,177 @@
+"""``eexit demo``: the whole job on real data that ships offline (scikit-learn's handwritten digits).
+
+Trains a small MSDNet and a B-LeNet, calibrates thresholds on the validation split, and on the
+test split reports, per operating point, accuracy, exits per stage, expected cost and the measured
+throughput of real early exit vs the full network in both backends; writes checkpoints, a JSON of
+every figure and a PNG plot.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from eexit import ops
+from eexit.app import checkpoint
+from eexit.app.cli.common import common_options, fmt_threshold, subject_from_checkpoint, table
+from eexit.app.devices import resolve_device
+from eexit.app.evaluation import (
+    calibrate_points,
+    collect_logits,
+    infer_accuracy,
+    model_costs,
+    model_inputs,
+    operating_point,
+    per_exit_accuracy,
+    time_model,
+)
+from eexit.app.training import TrainConfig, train
+
+HELP = "the main job on scikit-learn's digits: train, calibrate, evaluate, time, plot"
+#: the demo's models and their training recipes (epochs are set by --msdnet-epochs / --lenet-epochs)
+RECIPES = {
+    "msdnet-digits": dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, batch_size=64),
+    "b-lenet": dict(optimizer="adam", lr=2e-3, weight_decay=0.0, batch_size=64),
+}
+ACCURACY_DROP = 0.5  # points: the demo's operating point
+TARGET_COST, TARGET_SPEEDUP = 0.6, 1.5
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo", parents=[common_options()], help=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="On scikit-learn's handwritten digits (1797 real 8x8 images shipped inside the package, "
+        "resized to each model's input: 32x32 RGB for MSDNet, 28x28 grey for B-LeNet; split 60/20/20 into "
+        "train/validation/test), trains a small MSDNet (msdnet-digits) and a B-LeNet on the CPU, calibrates "
+        "per-exit thresholds on the validation split (budgets from the first exit's cost to the full "
+        "network's, and the cheapest point within 0.5 accuracy points of the full network), then on the test "
+        "split prints a table per model: accuracy, exits per stage, expected cost (MFLOPs per sample, the "
+        "official MSDNet counter's convention and what real early exit pays) and the measured throughput of "
+        "model.infer vs the full network, fused vs reference backend. Writes the checkpoints, "
+        "<checkpoint>.thresholds.json, demo.json (every figure) and demo.png (accuracy vs cost and vs time) "
+        "to --out-dir. About 2 to 3 minutes on 2 CPU cores.")
+    p.add_argument("--out-dir", type=Path, default=Path("demo-output"), help="where the outputs go")
+    p.add_argument("--msdnet-epochs", type=int, default=12, help="training epochs of the MSDNet")
+    p.add_argument("--lenet-epochs", type=int, default=15, help="training epochs of the B-LeNet")
+    p.add_argument("--reps", type=int, default=9, help="timed runs of each measurement (median reported)")
+    p.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence", help="exit rule")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split, the initialisation and training")
+    p.set_defaults(run=run)
+
+
+def budgets(costs) -> List[float]:
+    """Six budgets (fractions of the full network's cost) from the first exit's cost up to the full network."""
+    lo = math.ceil(100 * costs.actual[0] / costs.full) / 100
+    hi = min(1.0, costs.actual[-1] / costs.full)
+    return sorted({round(lo + (hi - lo) * i / 5, 3) for i in range(6)})
+
+
+def evaluate_model(name: str, ckpt_path: Path, trained: Dict[str, object], args: argparse.Namespace,
+                   device: torch.device) -> Dict[str, object]:
+    """Calibrates, evaluates and times one trained model (``trained``: what :func:`eexit.app.training.train`
+    returned); returns its record for demo.json."""
+    subject = subject_from_checkpoint(ckpt_path, device)
+    model, splits, spec = subject.model, subject.splits, subject.spec
+    val_logits, val_labels = collect_logits(model, splits.val, spec, device=device, desc=f"{name} validation")
+    test_logits, test_labels = collect_logits(model, splits.test, spec, device=device, desc=f"{name} test")
+    costs = model_costs(model, spec.shape)
+    points = calibrate_points(val_logits, val_labels, costs, args.criterion, budgets=budgets(costs),
+                              accuracy_drops=[ACCURACY_DROP])
+    val_acc = per_exit_accuracy(val_logits, val_labels)
+    checkpoint.save_thresholds(ckpt_path, name, args.criterion, val_acc[-1], costs, points)
+    for p in points:
+        p["test"] = operating_point(test_logits, test_labels, p["thresholds"], args.criterion, costs)
+        p["test"]["infer_accuracy"] = infer_accuracy(model, splits.test, spec, p["thresholds"], args.criterion, 512,
+                                                     device)
+    x = torch.cat([b for b, _ in model_inputs(splits.test, spec, len(splits.test), device)])
+    timing = time_model(model, x, [p["thresholds"] for p in points], args.criterion, ("fused", "reference"), args.reps)
+    for i, p in enumerate(points):
+        p["timing"] = {b: dict(infer_ms=t["infer_ms"][i], speedup_vs_full=t["full_ms"] / t["infer_ms"][i])
+                       for b, t in timing.items()}
+    return dict(model=name, checkpoint=str(ckpt_path), epochs=trained["epoch"], history=trained["history"],
+                costs=costs._asdict(), val_exit_accuracy=val_acc,
+                test_exit_accuracy=per_exit_accuracy(test_logits, test_labels), samples_timed=len(x),
+                timing={b: dict(full_ms=t["full_ms"], simulate_ms=t["simulate_ms"]) for b, t in timing.items()},
+                points=points, operating_point=f"accuracy drop {ACCURACY_DROP:g}")
+
+
+def mflops(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def report(r: Dict[str, object]) -> str:
+    """The per-model table of the demo."""
+    n, tf, tr = r["samples_timed"], r["timing"]["fused"], r["timing"]["reference"]
+    costs = r["costs"]
+    lines = [f"{r['model']}: {r['epochs']} epochs; test accuracy per exit "
+             + " ".join(f"{100 * a:.1f}" for a in r["test_exit_accuracy"])
+             + f"; full network {costs['full'] / 1e6:.3f} MFLOPs, {n / tf['full_ms'] * 1e3:.0f} samples/s fused, "
+             f"{n / tr['full_ms'] * 1e3:.0f} reference (all exits for every sample: "
+             f"{n / tf['simulate_ms'] * 1e3:.0f} fused)"]
+    rows = []
+    for p in r["points"]:
+        t = p["test"]
+        rows.append([p["name"], f"{100 * t['accuracy']:.2f}", " ".join(str(c) for c in t["exit_counts"]),
+                     mflops(t["official_cost_mflops"]), f"{t['cost_mflops']:.3f}", f"{100 * t['cost_fraction']:.0f}%",
+                     f"{n / p['timing']['fused']['infer_ms'] * 1e3:.0f}",
+                     f"{n / p['timing']['reference']['infer_ms'] * 1e3:.0f}",
+                     f"{p['timing']['fused']['speedup_vs_full']:.2f}x"])
+    lines.append(table(["operating point", "test acc %", "exits per stage", "MFLOPs official", "MFLOPs actual",
+                        "of full", "infer/s fused", "infer/s ref", "fused vs full"], rows))
+    lines.append("thresholds: " + "; ".join(f"{p['name']}: " + " ".join(fmt_threshold(v) for v in p["thresholds"][:-1])
+                                           for p in r["points"]))
+    return "\n".join(lines)
+
+
+def target_check(r: Dict[str, object]) -> Dict[str, object]:
+    """The demo's target at its operating point: accuracy within 0.5 points of the full network's, at
+    <= 60% of its cost, fused infer >= 1.5x the full network's throughput."""
+    p = next(p for p in r["points"] if p["name"] == r["operating_point"])
+    full = r["test_exit_accuracy"][-1]
+    return dict(model=r["model"], point=p["name"], accuracy=p["test"]["accuracy"], full_accuracy=full,
+                cost_fraction=p["test"]["cost_fraction"], speedup=p["timing"]["fused"]["speedup_vs_full"],
+                met=bool(p["test"]["accuracy"] >= full - ACCURACY_DROP / 100 - 1e-9
+                         and p["test"]["cost_fraction"] <= TARGET_COST
+                         and p["timing"]["fused"]["speedup_vs_full"] >= TARGET_SPEEDUP))
+
+
+def run(args: argparse.Namespace) -> None:
+    for name in ("msdnet_epochs", "lenet_epochs", "reps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    print(f"eexit demo: scikit-learn digits, {device}, {torch.get_num_threads()} threads, "
+          f"extension {'yes' if ops.has_extension() else 'no (reference fallback)'}; outputs in {args.out_dir}/")
+    results = []
+    for name, epochs in (("msdnet-digits", args.msdnet_epochs), ("b-lenet", args.lenet_epochs)):
+        path = args.out_dir / f"{name}.pt"
+        t0 = time.perf_counter()
+        trained = train(TrainConfig(model=name, data="digits", out=str(path), epochs=epochs, seed=args.seed,
+                                    split_seed=args.seed, device=str(device), overwrite=True, **RECIPES[name]),
+                        log=lambda msg: print(f"  [{name}] {msg}"))
+        seconds = time.perf_counter() - t0
+        r = evaluate_model(name, path, trained, args, device)
+        r["train_seconds"] = seconds
+        results.append(r)
+        print()
+        print(report(r))
+        print()
+    checks = [target_check(r) for r in results]
+    msd = checks[0]
+    print(f"target (msdnet-digits at '{msd['point']}'): test accuracy {100 * msd['accuracy']:.2f}% vs full "
+          f"{100 * msd['full_accuracy']:.2f}%, cost {100 * msd['cost_fraction']:.0f}% of the full network, fused "
+          f"infer {msd['speedup']:.2f}x its throughput: {'met' if msd['met'] else 'MISSED'}")
+    from eexit.app.plot import budget_plot
+
+    budget_plot(results, args.out_dir / "demo.png")
+    total = time.perf_counter() - start
+    checkpoint.save_json(dict(device=str(device), threads=torch.get_num_threads(), machine=platform.processor() or
+                              platform.machine(), torch=torch.__version__, seed=args.seed, criterion=args.criterion,
+                              seconds=total, models=results, targets=checks), args.out_dir / "demo.json")
+    print(f"wrote {args.out_dir}/demo.json, {args.out_dir}/demo.png and the checkpoints; {total:.0f} s in all")
