@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 BUILT := $(VENV)/.eexit-built-cuda$(EEXIT_CUDA)
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
-.PHONY: demo test bench build
+.PHONY: demo test bench build gpu-check
 
 $(STAMP): requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,10 @@ bench: build
 	$(PY) benchmarks/report_early_exit.py benchmarks/results/latest-branchynet.json
 	$(PY) benchmarks/report_early_exit.py benchmarks/results/latest-msdnet.json
 	@echo "copy the tables into benchmarks/results/<name>-<device>-<date>.md"
+
+# On a machine with an NVIDIA GPU, with that machine's own python and torch (no .venv, nothing
+# installed from a registry): build against it, run the CUDA and compiled-Triton tests and a short
+# benchmark, write benchmarks/results/gpu-check-<device>-<date>.md (under 8 minutes in all).
+# GPU_CHECK_DRY=1 runs it on the CPU at tiny sizes (tests/test_gpu_check.py); options: GPU_CHECK_ARGS.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -9,6 +9,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
+import eexit
 from eexit import calibrate, flops, reference
 from eexit.app.data import batches
 from eexit.app.data.transforms import to_model_input
@@ -163,21 +164,32 @@ def time_model(model: nn.Module, x: torch.Tensor, thresholds: Sequence[Sequence[
                backends: Sequence[str] = ("fused", "reference"), reps: int = 7) -> Dict[str, Dict[str, object]]:
     """Median ms per batch of the full network (every stage, last exit), the official-style
     simulation (every exit for every sample) and real early exit at each of ``thresholds``, per
-    backend; the runs of one backend are interleaved so that machine drift hits them alike.
+    backend (an eexit backend, or "compiled": :func:`eexit.compile`, whose warm-up seconds are
+    reported as ``compile_s``); the runs of one backend are interleaved so that machine drift hits
+    them alike.
 
     Returns ``{backend: {"full_ms": m, "simulate_ms": m, "infer_ms": [m per thresholds]}}``.
-    The model's backend is restored afterwards.
+    The model's settings are restored afterwards.
     """
     model.eval()
-    stages, exits = model.exit_stages()
-    runs = {"full_ms": lambda: run_full_network(stages, exits, x),
-            "simulate_ms": lambda: run_all_exits(stages, exits, x)}
-    runs.update({i: (lambda t=t: model.infer(x, t, criterion)) for i, t in enumerate(thresholds)})
     result = {}
     with restoring_backends(model):
         for backend in backends:
-            set_backend(model, backend)
-            med = interleaved_medians(runs, reps, x.device, progress=lambda it: bar(it, desc=f"timing ({backend})"))
+            extra = {}
+            if backend == "compiled":
+                eexit.compile(model, example_input=x)
+                extra["compile_s"] = model.compile_seconds
+            else:
+                set_backend(model, backend)
+            stages, exits = model.running_stages()
+            runs = {"full_ms": lambda: run_full_network(stages, exits, x),
+                    "simulate_ms": lambda: run_all_exits(stages, exits, x)}
+            runs.update({i: (lambda t=t: model.infer(x, t, criterion)) for i, t in enumerate(thresholds)})
+            try:
+                med = interleaved_medians(runs, reps, x.device,
+                                          progress=lambda it: bar(it, desc=f"timing ({backend})"))
+            finally:
+                eexit.uncompile(model)
             result[backend] = dict(full_ms=med["full_ms"], simulate_ms=med["simulate_ms"],
-                                   infer_ms=[med[i] for i in range(len(thresholds))])
+                                   infer_ms=[med[i] for i in range(len(thresholds))], **extra)
     return result

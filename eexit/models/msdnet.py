@@ -180,8 +180,11 @@ class MSDLayer(nn.Module):
         return [bufs[s] for _, s, _ in wiring], out
 
     def uses_buffers(self, x: torch.Tensor) -> bool:
-        """Whether the units' convs take a buffer path for input x (any path but "reference")."""
-        return self.layers[0].conv_normal.resolve_path(x) != "reference"
+        """Whether the layer runs in concat buffers for input x: on the Triton compute path, whose
+        kernels read and write channel windows in place. PyTorch's CPU convolutions copy a channel
+        window of a wider buffer before reading it and cannot write into one, so on the folded path
+        buffers would copy more than ``torch.cat`` does: there the layer concatenates."""
+        return self.layers[0].conv_normal.resolve_path(x) == "triton"
 
 
 class MSDTransition(nn.Module):
@@ -205,9 +208,10 @@ class MSDBlock(nn.Sequential):
     Input: the image [N, 3, H, W] for block 0, else the previous block's maps; output: the list of
     per-scale maps [N, C_s, H_s, W_s] (finest remaining scale first).
 
-    On the reference compute path every layer concatenates (``torch.cat``). Otherwise each stretch
-    of consecutive MSD layers runs in one preallocated concat buffer per scale (in the input's memory
-    format): each map is copied in once, then every layer appends through :meth:`MSDLayer.forward_into`.
+    Every layer concatenates (``torch.cat``) on the reference and folded compute paths. On the Triton
+    path each stretch of consecutive MSD layers runs in one preallocated concat buffer per scale (in
+    the input's memory format): each map is copied in once, then every layer appends through
+    :meth:`MSDLayer.forward_into` (see :meth:`MSDLayer.uses_buffers`).
     """
 
     def forward(self, x: Union[torch.Tensor, Features]) -> Features:

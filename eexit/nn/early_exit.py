@@ -26,6 +26,13 @@ class EarlyExitModel(nn.Module):
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
         self.gate_ops = BACKENDS[check_backend(backend)][1]
+        self.compiled_parts: Optional[Tuple[list, list]] = None  # set by eexit.compile
+        self.compile_seconds: Optional[float] = None
+
+    def running_stages(self) -> Tuple[list, list]:
+        """(stages, exits) as forward and infer run them: the compiled ones after
+        :func:`eexit.compile`, else :meth:`exit_stages`."""
+        return self.compiled_parts if self.compiled_parts is not None else self.exit_stages()
 
     def set_backend(self, backend: str) -> "EarlyExitModel":
         """:func:`eexit.nn.set_backend` on this model and every eexit module inside it."""
@@ -38,13 +45,13 @@ class EarlyExitModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, x) -> List[torch.Tensor]:
-        return run_all_exits(*self.exit_stages(), x)
+        return run_all_exits(*self.running_stages(), x)
 
     @torch.no_grad()
     def infer(self, x, thresholds: Thresholds, criterion: str = "confidence") -> EarlyExitOutput:
         """Real early exit; ``thresholds`` one per exit or one for all (the last exit takes
         everyone left). Call ``.eval()`` first: in train mode BatchNorm mixes samples."""
-        stages, exits = self.exit_stages()
+        stages, exits = self.running_stages()
         gate = {"fused": ops, "reference": reference}[check_gate_ops(self.gate_ops)]
         return run_early_exit(stages, exits, x, thresholds, criterion, gate=gate)
 

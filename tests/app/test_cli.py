@@ -91,6 +91,11 @@ def test_train_calibrate_eval_bench(tmp_path):
     out = ok("bench", "--model", "msdnet-digits", "--batch-size", 8, "--reps", 1, "--thresholds", 0.5,
              "--backends", "fused")
     assert "random weights" in out and "full network" in out and "reference" not in out
+    out = ok("bench", "--model", "msdnet-digits", "--batch-size", 8, "--reps", 1, "--thresholds", 0.5,
+             "--backends", "fused", "--compile")
+    assert "compiled" in out and "warm-up (eexit.compile)" in out
+    out = ok("eval", "--checkpoint", ckpt, "--thresholds", 0.5, "--compile")
+    assert "compiled (eexit.compile) in" in out and "differs by at most 0.00 points" in out
 
 
 def tiny_cifar(tmp_path):

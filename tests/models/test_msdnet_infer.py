@@ -97,10 +97,11 @@ def test_joint_loss_is_msdnets_sum_of_exit_cross_entropies_and_trains():
 
 @pytest.mark.parametrize("prune", ["max", "min"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
-def test_fused_blocks_grow_in_per_scale_buffers(monkeypatch, prune, fmt):
-    """The fused path never concatenates per layer (ScaleConv.forward is the reference's cat) and
-    equals the reference, scale drops and transitions included."""
-    from eexit.models.msdnet import ScaleConv
+def test_buffer_path_equals_the_reference(monkeypatch, prune, fmt):
+    """The concat-buffer path (MSDLayer.forward_into; the Triton path's, forced here onto the folded
+    convs) never concatenates per layer (ScaleConv.forward is the reference's cat) and equals the
+    reference, scale drops and transitions included."""
+    from eexit.models.msdnet import MSDLayer, ScaleConv
 
     seed = new_seed()
     torch.manual_seed(seed)
@@ -111,9 +112,10 @@ def test_fused_blocks_grow_in_per_scale_buffers(monkeypatch, prune, fmt):
         ref = model.set_backend("reference")(x)
 
         def no_cat(*args, **kwargs):
-            raise AssertionError("the fused path concatenated a layer")
+            raise AssertionError("the buffer path concatenated a layer")
 
         monkeypatch.setattr(ScaleConv, "forward", no_cat)
+        monkeypatch.setattr(MSDLayer, "uses_buffers", lambda self, x: True)
         fused = model.set_backend("fused")(x)
     for a, b in zip(fused, ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m: f"seed={seed} {m}")
@@ -122,7 +124,7 @@ def test_fused_blocks_grow_in_per_scale_buffers(monkeypatch, prune, fmt):
 def test_concat_order_is_defined_once(monkeypatch):
     """ScaleConv._convs is the one statement of the concat order: reversing it changes the
     reference's torch.cat and the buffer path alike, so the two stay equal."""
-    from eexit.models.msdnet import ScaleConv
+    from eexit.models.msdnet import MSDLayer, ScaleConv
 
     seed = new_seed()
     torch.manual_seed(seed)
@@ -134,6 +136,7 @@ def test_concat_order_is_defined_once(monkeypatch):
         original = ScaleConv._convs
         monkeypatch.setattr(ScaleConv, "_convs", lambda self, same, finer: original(self, same, finer)[::-1])
         ref = model.set_backend("reference")(x)
+        monkeypatch.setattr(MSDLayer, "uses_buffers", lambda self, x: True)
         fused = model.set_backend("fused")(x)
     assert any(not torch.allclose(a, b) for a, b in zip(ref, before)), f"seed={seed}: the order did not matter"
     for a, b in zip(fused, ref):
@@ -161,3 +164,17 @@ def test_scale_conv_forward_into_writes_its_window_only(fmt):
     assert same_buf[:, 14:].isnan().all() and finer_buf[:, 4:].isnan().all()
     with pytest.raises(ValueError, match="finer-scale input"):
         unit.forward_into(same_buf, 6)
+
+
+def test_folded_path_concatenates():
+    """On the folded compute path (CPU fused) MSD layers concatenate: PyTorch's convolutions would
+    copy a buffer's channel window before reading it, so buffers would only add copies."""
+    from eexit.models.msdnet import MSDLayer
+
+    model = MSDNet(2, 8, 2, 2, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=10, dataset="cifar").eval()
+    x = torch.randn(1, 3, 32, 32)
+    layers = [m for m in model.modules() if isinstance(m, MSDLayer)]
+    with torch.no_grad():
+        assert not any(m.uses_buffers(x) for m in layers)
+        model.set_backend("reference")
+        assert not any(m.uses_buffers(x) for m in layers)

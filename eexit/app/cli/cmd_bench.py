@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reps", type=int, default=10, help="timed runs of each (the median is reported)")
     p.add_argument("--backends", nargs="+", choices=["fused", "reference"], default=["fused", "reference"],
                    help="eexit backends to time")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the model under eexit.compile (torch.compile per stage and exit, dynamic batch)")
     p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     p.set_defaults(run=run)
 
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> None:
     with torch.inference_mode():
         fractions = [torch.bincount(model.infer(x, t, c).exit_index, minlength=n_exits).double().div(len(x)).tolist()
                      for _, t, c in points]
-    times = time_model(model, x, [t for _, t, _ in points], points[0][2], args.backends, args.reps)
+    backends = list(args.backends) + (["compiled"] if args.compile else [])
+    times = time_model(model, x, [t for _, t, _ in points], points[0][2], backends, args.reps)
     print(f"{name} on {device}, {source}; median of {args.reps} runs")
     rows: List[List[str]] = []
     for backend, t in times.items():
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace) -> None:
         for (pname, thr, _), ms, frac in zip(points, t["infer_ms"], fractions):
             row(f"infer @ {pname}", ms, " ".join(f"{100 * f:.0f}" for f in frac))
     print(table(["run", "backend", "ms/batch", "samples/s", "vs full", "exit % per stage"], rows))
+    if "compiled" in times:
+        print(f"compiled: warm-up (eexit.compile) {times['compiled']['compile_s']:.1f} s")
     print("thresholds: " + "; ".join(f"{n}: " + " ".join(fmt_threshold(v) for v in t[:-1]) for n, t, _ in points))
     if args.json:
         checkpoint.save_json(dict(model=name, device=str(device), batch_size=len(x), reps=args.reps,

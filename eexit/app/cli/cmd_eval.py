@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+import eexit
 from eexit.app import checkpoint
 from eexit.app.cli.common import (
     add_subject_options,
@@ -12,7 +13,14 @@ from eexit.app.cli.common import (
     points_table,
     table,
 )
-from eexit.app.evaluation import collect_logits, infer_accuracy, model_costs, operating_point, per_exit_accuracy
+from eexit.app.evaluation import (
+    collect_logits,
+    infer_accuracy,
+    model_costs,
+    model_inputs,
+    operating_point,
+    per_exit_accuracy,
+)
 
 HELP = "accuracy and cost per exit and at the calibrated thresholds"
 
@@ -33,6 +41,8 @@ def add_parser(sub) -> None:
                    help="an extra operating point: one threshold per exit, or one for all ('inf': nobody leaves)")
     p.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence",
                    help="exit rule of --thresholds (the calibrated points keep their own)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through eexit.compile (torch.compile per stage and exit, dynamic batch)")
     p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     p.set_defaults(run=run)
 
@@ -40,6 +50,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     subject = load_subject(args)
     dataset = getattr(subject.splits, args.split)
+    if args.compile:
+        first, _ = next(iter(model_inputs(dataset, subject.spec, args.batch_size, subject.device)))
+        eexit.compile(subject.model, example_input=first)
+        print(f"compiled (eexit.compile) in {subject.model.compile_seconds:.1f} s")
     logits, labels = collect_logits(subject.model, dataset, subject.spec, args.batch_size, subject.device,
                                     desc=args.split)
     costs = model_costs(subject.model, subject.spec.shape)
