@@ -1,9 +1,12 @@
 """Shared set-up of the early-exit benchmarks: thresholds calibrated to target exit fractions,
 costs, and the three contenders (real early exit, full network, all-exits simulation)."""
-from typing import Dict, List, Sequence
+import copy
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
+import eexit
 from eexit.calibrate import budgeted_thresholds
 from eexit.flops import actual_exit_costs, stage_costs
 from eexit.reference import gate_scores
@@ -39,3 +42,31 @@ def one_at_a_time(fn):
         for i in range(x.shape[0]):
             fn(x[i: i + 1])
     return run
+
+
+def race_stock(net, thresholds, criterion: str, x: torch.Tensor) -> Tuple[Dict[str, Callable[[], object]], dict]:
+    """eexit against what a user would run instead, on batch x: the full network (every stage,
+    last exit) as the reference model eager in contiguous and channels_last memory format and under
+    ``torch.compile`` (channels_last), eexit's fused path in channels_last, and real early exit
+    fused and under :func:`eexit.compile`. Returns (runs, info) with the compile warm-up seconds."""
+    cl = torch.channels_last
+    x_cl = x.contiguous(memory_format=cl)
+    ref = copy.deepcopy(net).eval().set_backend("reference")
+    ref_cl = copy.deepcopy(ref).to(memory_format=cl)
+    fused_cl = copy.deepcopy(net).eval().set_backend("fused").to(memory_format=cl)
+    compiled_full = torch.compile(lambda inp: run_full_network(*ref_cl.exit_stages(), inp))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        compiled_full(x_cl)
+    info = {"torch_compile_s": time.perf_counter() - start}
+    compiled = eexit.compile(copy.deepcopy(net).eval().to(memory_format=cl), example_input=x_cl)
+    info["eexit_compile_s"] = compiled.compile_seconds
+    runs = {
+        "full ref": lambda: run_full_network(*ref.exit_stages(), x),
+        "full ref channels_last": lambda: run_full_network(*ref_cl.exit_stages(), x_cl),
+        "full torch.compile": lambda: compiled_full(x_cl),
+        "full fused": lambda: run_full_network(*fused_cl.exit_stages(), x_cl),
+        "infer fused": lambda: fused_cl.infer(x_cl, thresholds, criterion),
+        "infer eexit.compile": lambda: compiled.infer(x_cl, thresholds, criterion),
+    }
+    return runs, info

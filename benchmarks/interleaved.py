@@ -8,12 +8,12 @@ from eexit.timing import interleaved_medians
 
 
 def record_interleaved(benchmark, runs: Dict[str, Callable[[], object]], rounds: int, device: str,
-                       calls_per_run: int = 1, **info) -> None:
-    """Times ``runs`` as one pytest-benchmark entry (impl "interleaved") and stores each contender's
+                       calls_per_run: int = 1, impl: str = "interleaved", **info) -> None:
+    """Times ``runs`` as one pytest-benchmark entry (``impl``, by default "interleaved") and stores each contender's
     median seconds per call in ``extra_info["median_s"]`` (each run makes ``calls_per_run`` calls), with
     ``device`` and ``info`` (the group's configuration)."""
     medians = {}
     benchmark.pedantic(lambda: medians.update(interleaved_medians(runs, rounds, torch.device(device))),
                        rounds=1, iterations=1)
-    benchmark.extra_info.update(info, device=device, impl="interleaved", rounds=rounds, calls_per_round=calls_per_run,
+    benchmark.extra_info.update(info, device=device, impl=impl, rounds=rounds, calls_per_round=calls_per_run,
                                 median_s={name: ms / calls_per_run / 1e3 for name, ms in medians.items()})

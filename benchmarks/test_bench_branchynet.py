@@ -10,7 +10,8 @@ import torch
 
 from eexit.models import b_alexnet, b_lenet, b_resnet110
 
-from early_exit_common import calibrate, contenders, costs, one_at_a_time
+from early_exit_common import calibrate, contenders, costs, one_at_a_time, race_stock
+from interleaved import record_interleaved
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MODELS = {
@@ -50,3 +51,18 @@ def test_branchynet(benchmark, device, name, batch, impl):
                                     paper_speedup=paper, **cost)
         rounds = 7 if name == "b-resnet110" else 15
         benchmark.pedantic(fn, args=(x,), rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("device", DEVICES)
+def test_branchynet_race_stock(benchmark, device, name):
+    """eexit vs the reference model eager and under torch.compile (channels_last), batch 256, interleaved."""
+    net, thresholds, cost, fractions, paper = setup(name, device)
+    x = torch.randn(256, *MODELS[name][1], device=device)
+    runs, info = race_stock(net, thresholds, "entropy", x)
+    with torch.inference_mode():
+        out = runs["infer fused"]()
+        fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
+        benchmark.group = f"branchynet {device} {name} batch=256 vs torch.compile"
+        record_interleaved(benchmark, runs, 7 if name == "b-resnet110" else 11, device, impl="race", model=name,
+                           batch=256, exit_fractions=fr, **info, **cost)

@@ -1,5 +1,6 @@
 """MSDNet CIFAR-100 anytime preset: real early exit vs the full network vs the official-style
-simulation (every classifier for every sample), batch 256, fused backend (eval, inference mode).
+simulation (every classifier for every sample), batch 256, fused backend (eval, inference mode);
+and a race against the reference model eager and under torch.compile (test_msdnet_race_stock).
 
 Random weights; thresholds by budgeted calibration on random images, with geometric exit
 fractions chosen so the expected cost is 40% of the full network's. Target on CPU: speedup
@@ -13,7 +14,7 @@ import torch
 from eexit.calibrate import fractions_for_cost
 from eexit.models import msdnet_cifar_anytime
 
-from early_exit_common import calibrate, contenders, costs
+from early_exit_common import calibrate, contenders, costs, race_stock
 from interleaved import record_interleaved
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -57,3 +58,17 @@ def test_msdnet_interleaved(benchmark, device):
     with torch.inference_mode():
         benchmark.group = f"msdnet {device} cifar100-anytime batch=256"
         record_interleaved(benchmark, runs, 15, device, model="msdnet-cifar-anytime", batch=256)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_msdnet_race_stock(benchmark, device):
+    """eexit vs the reference model eager and under torch.compile (channels_last), interleaved."""
+    net, thresholds, cost, fractions = setup(device)
+    x = torch.randn(256, 3, 32, 32, device=device)
+    runs, info = race_stock(net, thresholds, "confidence", x)
+    with torch.inference_mode():
+        out = runs["infer fused"]()
+        fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
+        benchmark.group = f"msdnet {device} cifar100-anytime batch=256 vs torch.compile"
+        record_interleaved(benchmark, runs, 9, device, impl="race", model="msdnet-cifar-anytime", batch=256,
+                           exit_fractions=fr, **info, **cost)

@@ -57,6 +57,17 @@ class CompiledPart:
         return self.compiled(x)
 
 
+def _allow_graphs(parts: int) -> None:
+    """Raises torch's per-function graph limit (``torch._dynamo.config.recompile_limit``, 8 by
+    default) to what ``parts`` compiled modules need: instances of one class share a forward
+    function, each instance with its graphs per warm-up size and grad mode. Past the limit torch
+    would silently run the extra modules eagerly."""
+    cfg = torch._dynamo.config
+    needed = parts * len(WARMUP_BATCHES) * 2
+    cfg.recompile_limit = max(cfg.recompile_limit, needed)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * needed)
+
+
 def compile(model: EarlyExitModel, *, example_input: Optional[Any] = None, **options) -> EarlyExitModel:
     """Compiles every stage and exit of ``model`` (any :class:`~eexit.nn.EarlyExitModel`: MSDNet,
     BranchyNet, :class:`~eexit.nn.EarlyExitNetwork`, :func:`~eexit.nn.attach_exits` results) for
@@ -79,6 +90,7 @@ def compile(model: EarlyExitModel, *, example_input: Optional[Any] = None, **opt
         raise ValueError("compile: example_input must hold at least one sample, got an empty batch")
     set_compute_path(model, "reference")
     stages, exits = model.exit_stages()
+    _allow_graphs(len(stages) + len(exits))
     model.compiled_parts = ([CompiledPart(m, options) for m in stages], [CompiledPart(m, options) for m in exits])
     model.compile_seconds = None
     if example_input is not None:

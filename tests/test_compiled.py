@@ -1,4 +1,5 @@
 """eexit.compile: stages and exits under torch.compile with a dynamic batch dimension."""
+import math
 import os
 import subprocess
 import sys
@@ -32,6 +33,19 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+def test_many_stages_of_one_class_stay_compiled():
+    """Seven stages and exits of one class (as MSDNet's blocks) share a forward function: all of
+    them keep compiled graphs (torch's per-function limit of 8 would otherwise send the rest to
+    eager execution)."""
+    torch.manual_seed(new_seed())
+    net = EarlyExitNetwork([ConvBNReLU(3 if k == 0 else 4, 4) for k in range(7)],
+                           [pool_linear_head(4, 3) for _ in range(7)]).eval()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        eexit.compile(net, backend="eager", example_input=torch.randn(3, 3, 6, 6))
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            net.infer(torch.randn(20, 3, 6, 6), math.inf)
 
 
 def test_no_recompilation_over_batch_sizes_1_to_512():

@@ -76,6 +76,23 @@ def _max_pool(k: int, s: int) -> nn.MaxPool2d:
     return nn.MaxPool2d(k, s, ceil_mode=True)
 
 
+class ChannelWindowLRN(nn.LocalResponseNorm):
+    """``nn.LocalResponseNorm`` (same arguments and semantics) for 4-D input [N, C, H, W], with the
+    window sum over neighbouring channels taken from shifted channel slices of ``x * x`` instead of
+    PyTorch's padded ``avg_pool3d``: a few elementwise passes, any memory format kept. On a 2-core
+    CPU PyTorch's version made B-ResNet-110's first exit cost about a third of a stage."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        sq = x * x
+        s = sq.clone()
+        for j in range(1, self.size // 2 + 1):  # channels c - j and c + j, zero beyond the ends
+            s[:, j:] += sq[:, :-j]
+            s[:, :-j] += sq[:, j:]
+        return x * s.mul_(self.alpha / self.size).add_(self.k).pow_(-self.beta)
+
+
 def chainer_lrn(n: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0.75) -> nn.LocalResponseNorm:
     """``F.local_response_normalization(x, n, k, alpha, beta)`` (Chainer's defaults) as a PyTorch
     module. Chainer: ``x / (k + alpha * S) ** beta`` with S the sum of x^2 over the channels
@@ -83,7 +100,7 @@ def chainer_lrn(n: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0
     ``alpha / size * S`` over the same window (odd n), so alpha is scaled by n."""
     if n < 1 or n % 2 == 0:
         raise ValueError(f"chainer_lrn: n must be a positive odd int (a centred window), got {n}")
-    return nn.LocalResponseNorm(n, alpha=alpha * n, beta=beta, k=k)
+    return ChannelWindowLRN(n, alpha=alpha * n, beta=beta, k=k)
 
 
 def _official_lrn() -> nn.LocalResponseNorm:

@@ -189,12 +189,24 @@ def chainer_lrn_reference(x, n, k, alpha, beta):
     return x / (k + alpha * s) ** beta
 
 
-@pytest.mark.parametrize("n", [3, 5])
-def test_lrn_matches_chainer(n):
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_lrn_matches_chainer(n, fmt):
+    """ChannelWindowLRN equals Chainer's definition and PyTorch's LocalResponseNorm (values and
+    gradients), keeps the memory format, and handles fewer channels than the window."""
     seed = new_seed()
-    x = torch.randn(2, 7, 4, 5, generator=generator(seed), dtype=torch.float64) * 30
-    got = chainer_lrn(n=n, k=2.0, alpha=5e-5, beta=0.75)(x)
-    torch.testing.assert_close(got, chainer_lrn_reference(x, n, 2.0, 5e-5, 0.75), msg=f"seed {seed}")
+    for c in [7, 2]:
+        x = (torch.randn(2, c, 4, 5, generator=generator(seed), dtype=torch.float64) * 30).contiguous(memory_format=fmt)
+        lrn = chainer_lrn(n=n, k=2.0, alpha=5e-5, beta=0.75)
+        got = lrn(x.requires_grad_())
+        assert got.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(got, chainer_lrn_reference(x, n, 2.0, 5e-5, 0.75), msg=f"seed {seed}")
+        torch_lrn = nn.LocalResponseNorm(lrn.size, lrn.alpha, lrn.beta, lrn.k)
+        torch.testing.assert_close(got, torch_lrn(x), msg=f"seed {seed}")
+        g = torch.randn_like(got)
+        want_grad, = torch.autograd.grad(torch_lrn(x), x, g)
+        got_grad, = torch.autograd.grad(got, x, g)
+        torch.testing.assert_close(got_grad, want_grad, msg=f"seed {seed}")
     with pytest.raises(ValueError, match="odd"):
         chainer_lrn(n=4)
 
