@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from eexit.calibrate import fractions_for_cost
-from eexit.models import msdnet_cifar_anytime
+from eexit.models import msdnet_cifar_anytime, msdnet_imagenet
 
 from early_exit_common import calibrate, contenders, costs, race_stock
 from interleaved import record_interleaved
@@ -60,15 +60,34 @@ def test_msdnet_interleaved(benchmark, device):
         record_interleaved(benchmark, runs, 15, device, model="msdnet-cifar-anytime", batch=256)
 
 
+@pytest.mark.parametrize("batch", [64, 256, 1024])
 @pytest.mark.parametrize("device", DEVICES)
-def test_msdnet_race_stock(benchmark, device):
+def test_msdnet_race_stock(benchmark, device, batch):
     """eexit vs the reference model eager and under torch.compile (channels_last), interleaved."""
     net, thresholds, cost, fractions = setup(device)
-    x = torch.randn(256, 3, 32, 32, device=device)
+    x = torch.randn(batch, 3, 32, 32, device=device)
     runs, info = race_stock(net, thresholds, "confidence", x)
     with torch.inference_mode():
         out = runs["infer fused"]()
         fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
-        benchmark.group = f"msdnet {device} cifar100-anytime batch=256 vs torch.compile"
-        record_interleaved(benchmark, runs, 9, device, impl="race", model="msdnet-cifar-anytime", batch=256,
+        benchmark.group = f"msdnet {device} cifar100-anytime batch={batch} vs torch.compile"
+        record_interleaved(benchmark, runs, 9, device, impl="race", model="msdnet-cifar-anytime", batch=batch,
+                           exit_fractions=fr, **info, **cost)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_msdnet_imagenet_race_stock(benchmark, device):
+    """MSDNet ImageNet step 4, batch 16, 224 px: the full-network target (fused >= torch.compile)."""
+    torch.manual_seed(0)
+    net = msdnet_imagenet(4, 1000).eval().to(device)
+    cost = costs(net, (3, 224, 224))
+    fractions = fractions_for_cost(cost["exit_costs"], TARGET_COST * cost["full_cost"])
+    thresholds = calibrate(net, torch.randn(64, 3, 224, 224, device=device), fractions, "confidence")
+    x = torch.randn(16, 3, 224, 224, device=device)
+    runs, info = race_stock(net, thresholds, "confidence", x)
+    with torch.inference_mode():
+        out = runs["infer fused"]()
+        fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
+        benchmark.group = f"msdnet {device} imagenet-step4 batch=16 vs torch.compile"
+        record_interleaved(benchmark, runs, 7, device, impl="race", model="msdnet-imagenet-step4", batch=16,
                            exit_fractions=fr, **info, **cost)
