@@ -12,6 +12,8 @@ from eexit.flops import actual_exit_costs, stage_costs
 from eexit.reference import gate_scores
 from eexit.runner import run_all_exits, run_early_exit, run_full_network
 
+from interleaved import record_interleaved
+
 
 def calibrate(net, x_cal: torch.Tensor, fractions: Sequence[float], criterion: str) -> List[float]:
     """Thresholds so that about fractions[k] of x_cal's samples leave at exit k."""
@@ -70,3 +72,20 @@ def race_stock(net, thresholds, criterion: str, x: torch.Tensor) -> Tuple[Dict[s
         "infer eexit.compile": lambda: compiled.infer(x_cl, thresholds, criterion),
     }
     return runs, info
+
+
+def exit_fractions(out, n_exits: int) -> List[float]:
+    """The fraction of the batch that left at each exit (an EarlyExitOutput)."""
+    return [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(n_exits)]
+
+
+def record_race(benchmark, net, thresholds, criterion: str, x: torch.Tensor, cost: dict, rounds: int,
+                group: str, model: str) -> None:
+    """:func:`race_stock` on batch x as one interleaved pytest-benchmark entry (impl "race"), with
+    the measured exit fractions, the warm-up seconds and the costs."""
+    runs, info = race_stock(net, thresholds, criterion, x)
+    with torch.inference_mode():
+        fractions = exit_fractions(runs["infer fused"](), len(cost["exit_costs"]))
+        benchmark.group = f"{group} batch={x.shape[0]} vs torch.compile"
+        record_interleaved(benchmark, runs, rounds, str(x.device), impl="race", model=model, batch=x.shape[0],
+                           exit_fractions=fractions, **info, **cost)

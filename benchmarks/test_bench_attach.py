@@ -9,8 +9,7 @@ import torch
 from eexit.calibrate import geometric_exit_fractions
 from eexit.nn import attach_exits
 
-from early_exit_common import calibrate, costs, race_stock
-from interleaved import record_interleaved
+from early_exit_common import calibrate, costs, record_race
 from resnet18 import ResNet18
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -33,10 +32,5 @@ def setup(device):
 def test_resnet18_exits_race_stock(benchmark, device, batch):
     net, thresholds, cost, fractions = setup(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
-    runs, info = race_stock(net, thresholds, "confidence", x)
-    with torch.inference_mode():
-        out = runs["infer fused"]()
-        fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
-        benchmark.group = f"attach_exits {device} resnet18 batch={batch} vs torch.compile"
-        record_interleaved(benchmark, runs, 9, device, impl="race", model="resnet18-attach_exits", batch=batch,
-                           exit_fractions=fr, **info, **cost)
+    record_race(benchmark, net, thresholds, "confidence", x, cost, 9, f"attach_exits {device} resnet18",
+                "resnet18-attach_exits")

@@ -10,8 +10,7 @@ import torch
 
 from eexit.models import b_alexnet, b_lenet, b_resnet110
 
-from early_exit_common import calibrate, contenders, costs, one_at_a_time, race_stock
-from interleaved import record_interleaved
+from early_exit_common import calibrate, contenders, costs, exit_fractions, one_at_a_time, record_race
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MODELS = {
@@ -44,8 +43,7 @@ def test_branchynet(benchmark, device, name, batch, impl):
     with torch.inference_mode():
         if impl == "infer":
             out = contenders(net, thresholds, "entropy")["infer"](x)
-            benchmark.extra_info["exit_fractions"] = [float((out.exit_index == k).mean(dtype=torch.float)) for k in
-                                                      range(len(fractions))]
+            benchmark.extra_info["exit_fractions"] = exit_fractions(out, len(fractions))
         benchmark.group = f"branchynet {device} {name} batch={batch}"
         benchmark.extra_info.update(device=device, model=name, batch=batch, impl=impl, target_fractions=fractions,
                                     paper_speedup=paper, **cost)
@@ -59,10 +57,5 @@ def test_branchynet_race_stock(benchmark, device, name):
     """eexit vs the reference model eager and under torch.compile (channels_last), batch 256, interleaved."""
     net, thresholds, cost, fractions, paper = setup(name, device)
     x = torch.randn(256, *MODELS[name][1], device=device)
-    runs, info = race_stock(net, thresholds, "entropy", x)
-    with torch.inference_mode():
-        out = runs["infer fused"]()
-        fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
-        benchmark.group = f"branchynet {device} {name} batch=256 vs torch.compile"
-        record_interleaved(benchmark, runs, 7 if name == "b-resnet110" else 11, device, impl="race", model=name,
-                           batch=256, exit_fractions=fr, **info, **cost)
+    record_race(benchmark, net, thresholds, "entropy", x, cost, 7 if name == "b-resnet110" else 11,
+                f"branchynet {device} {name}", name)

@@ -14,7 +14,7 @@ import torch
 from eexit.calibrate import fractions_for_cost
 from eexit.models import msdnet_cifar_anytime, msdnet_imagenet
 
-from early_exit_common import calibrate, contenders, costs, race_stock
+from early_exit_common import calibrate, contenders, costs, exit_fractions, record_race
 from interleaved import record_interleaved
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -42,8 +42,7 @@ def test_msdnet(benchmark, device, impl):
     with torch.inference_mode():
         if impl == "infer":
             out = fn(x)
-            benchmark.extra_info["exit_fractions"] = [float((out.exit_index == k).mean(dtype=torch.float))
-                                                      for k in range(len(fractions))]
+            benchmark.extra_info["exit_fractions"] = exit_fractions(out, len(fractions))
         benchmark.group = f"msdnet {device} cifar100-anytime batch=256"
         benchmark.extra_info.update(device=device, model="msdnet-cifar-anytime", batch=256, impl=impl,
                                     target_fractions=fractions, **cost)
@@ -66,13 +65,8 @@ def test_msdnet_race_stock(benchmark, device, batch):
     """eexit vs the reference model eager and under torch.compile (channels_last), interleaved."""
     net, thresholds, cost, fractions = setup(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
-    runs, info = race_stock(net, thresholds, "confidence", x)
-    with torch.inference_mode():
-        out = runs["infer fused"]()
-        fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
-        benchmark.group = f"msdnet {device} cifar100-anytime batch={batch} vs torch.compile"
-        record_interleaved(benchmark, runs, 9, device, impl="race", model="msdnet-cifar-anytime", batch=batch,
-                           exit_fractions=fr, **info, **cost)
+    record_race(benchmark, net, thresholds, "confidence", x, cost, 9, f"msdnet {device} cifar100-anytime",
+                "msdnet-cifar-anytime")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -84,10 +78,5 @@ def test_msdnet_imagenet_race_stock(benchmark, device):
     fractions = fractions_for_cost(cost["exit_costs"], TARGET_COST * cost["full_cost"])
     thresholds = calibrate(net, torch.randn(64, 3, 224, 224, device=device), fractions, "confidence")
     x = torch.randn(16, 3, 224, 224, device=device)
-    runs, info = race_stock(net, thresholds, "confidence", x)
-    with torch.inference_mode():
-        out = runs["infer fused"]()
-        fr = [float((out.exit_index == k).mean(dtype=torch.float)) for k in range(len(fractions))]
-        benchmark.group = f"msdnet {device} imagenet-step4 batch=16 vs torch.compile"
-        record_interleaved(benchmark, runs, 7, device, impl="race", model="msdnet-imagenet-step4", batch=16,
-                           exit_fractions=fr, **info, **cost)
+    record_race(benchmark, net, thresholds, "confidence", x, cost, 7, f"msdnet {device} imagenet-step4",
+                "msdnet-imagenet-step4")
