@@ -48,11 +48,12 @@ class CompiledPart:
         self.compiled = torch.compile(module, **options)
 
     def __call__(self, x):
-        n = _tensors(x)[0].shape[0]
+        tensors = _tensors(x)
+        n = tensors[0].shape[0]
         if n == 0:
             return self.module(x)
         if n > 1:
-            for t in _tensors(x):
+            for t in tensors:
                 torch._dynamo.mark_dynamic(t, 0)
         return self.compiled(x)
 

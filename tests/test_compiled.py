@@ -147,3 +147,16 @@ def test_second_process_reuses_the_compiled_artifacts(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     misses = [int(r.stdout.split("misses")[-1]) for r in runs]
     assert misses[0] > 0 and misses[1] == 0, misses
+
+
+def test_time_model_keeps_a_compiled_model_compiled():
+    """eexit bench's timing: the eexit backends run the eager stages, "compiled" its own, and the
+    model comes back as it was given (compiled parts and compute path)."""
+    from eexit.app.evaluation import time_model
+
+    net = eexit.compile(toy_net(new_seed()), backend="eager")
+    parts = net.compiled_parts
+    times = time_model(net, torch.randn(4, 3, 8, 8), [[0.5, 0.0]], "confidence", ("fused", "compiled"), reps=1)
+    assert set(times) == {"fused", "compiled"} and times["compiled"]["compile_s"] >= 0
+    assert net.compiled_parts is parts
+    assert {m.compute_path for m in net.modules() if isinstance(m, ConvBNReLU)} == {"reference"}

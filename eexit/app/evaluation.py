@@ -169,27 +169,28 @@ def time_model(model: nn.Module, x: torch.Tensor, thresholds: Sequence[Sequence[
     them alike.
 
     Returns ``{backend: {"full_ms": m, "simulate_ms": m, "infer_ms": [m per thresholds]}}``.
-    The model's settings are restored afterwards.
+    The model's settings, and whether it runs compiled, are restored afterwards.
     """
     model.eval()
     result = {}
-    with restoring_backends(model):
-        for backend in backends:
-            extra = {}
-            if backend == "compiled":
-                eexit.compile(model, example_input=x)
-                extra["compile_s"] = model.compile_seconds
-            else:
-                set_backend(model, backend)
-            stages, exits = model.running_stages()
-            runs = {"full_ms": lambda: run_full_network(stages, exits, x),
-                    "simulate_ms": lambda: run_all_exits(stages, exits, x)}
-            runs.update({i: (lambda t=t: model.infer(x, t, criterion)) for i, t in enumerate(thresholds)})
-            try:
+    compiled_parts = model.compiled_parts
+    try:
+        with restoring_backends(model):
+            for backend in backends:
+                extra = {}
+                if backend == "compiled":
+                    eexit.compile(model, example_input=x)
+                    extra["compile_s"] = model.compile_seconds
+                else:
+                    set_backend(eexit.uncompile(model), backend)
+                stages, exits = model.running_stages()
+                runs = {"full_ms": lambda: run_full_network(stages, exits, x),
+                        "simulate_ms": lambda: run_all_exits(stages, exits, x)}
+                runs.update({i: (lambda t=t: model.infer(x, t, criterion)) for i, t in enumerate(thresholds)})
                 med = interleaved_medians(runs, reps, x.device,
                                           progress=lambda it: bar(it, desc=f"timing ({backend})"))
-            finally:
-                eexit.uncompile(model)
-            result[backend] = dict(full_ms=med["full_ms"], simulate_ms=med["simulate_ms"],
-                                   infer_ms=[med[i] for i in range(len(thresholds))], **extra)
+                result[backend] = dict(full_ms=med["full_ms"], simulate_ms=med["simulate_ms"],
+                                       infer_ms=[med[i] for i in range(len(thresholds))], **extra)
+    finally:
+        model.compiled_parts = compiled_parts
     return result
