@@ -1,7 +1,8 @@
 """eexit's nn.Modules: the same parameters and state_dict on every compute path (see execution.py)."""
 from eexit.nn.conv import BottleneckConv, ConvBNReLU
 from eexit.nn.dense import DenseConcatBlock, DenseLayer
-from eexit.nn.early_exit import EarlyExitModel, EarlyExitNetwork, attach_exits, pool_linear_head
+from eexit.nn.dense_swap import fuse_dense_blocks
+from eexit.nn.early_exit import EarlyExitModel, EarlyExitNetwork, attach_exits
 from eexit.nn.execution import (
     BACKENDS,
     COMPUTE_PATHS,
@@ -12,9 +13,12 @@ from eexit.nn.execution import (
     set_compute_path,
     set_gate_ops,
 )
+from eexit.nn.graph_cuts import GraphStage
+from eexit.nn.heads import CutExit, TokenHead, default_head, pool_linear_head
 
 __all__ = [
-    "BACKENDS", "COMPUTE_PATHS", "GATE_OPS", "BottleneckConv", "ComputePathModule", "ConvBNReLU",
-    "DenseConcatBlock", "DenseLayer", "EarlyExitModel", "EarlyExitNetwork", "attach_exits", "pool_linear_head",
+    "BACKENDS", "COMPUTE_PATHS", "GATE_OPS", "BottleneckConv", "ComputePathModule", "ConvBNReLU", "CutExit",
+    "DenseConcatBlock", "DenseLayer", "EarlyExitModel", "EarlyExitNetwork", "GraphStage", "TokenHead",
+    "attach_exits", "default_head", "fuse_dense_blocks", "pool_linear_head",
     "restoring_backends", "set_backend", "set_compute_path", "set_gate_ops",
 ]

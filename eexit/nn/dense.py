@@ -1,6 +1,8 @@
 """DenseNet-BC dense block: every layer reads the concatenation of everything before it."""
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,42 @@ class DenseLayer(nn.Module):
         return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
 
 
+def is_torchvision_dense_block(module: nn.Module) -> bool:
+    """Whether ``module`` has the structure of torchvision's DenseNet ``_DenseBlock``: an nn.ModuleDict of
+    ``denselayer1`` .. ``denselayerL`` (L >= 1), in that order. Checked by structure, so torchvision is not
+    imported; :meth:`DenseConcatBlock.from_torchvision` checks the layers themselves."""
+    return isinstance(module, nn.ModuleDict) and len(module) > 0 \
+        and list(module.keys()) == [f"denselayer{i}" for i in range(1, len(module) + 1)]
+
+
+def _conv_bn_geometry(m: nn.Module) -> tuple:
+    """What of a DenseLayer child decides its math (BatchNorm's eps and momentum are read from the module)."""
+    if isinstance(m, nn.Conv2d):
+        return (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                m.bias is None, m.padding_mode)
+    if isinstance(m, nn.BatchNorm2d):
+        return (m.num_features, m.affine, m.track_running_stats)
+    return ()
+
+
+_TORCHVISION_KEY = re.compile(r"denselayer([1-9][0-9]*)\.(.+)", re.DOTALL)
+
+
+def _load_torchvision_keys(module: nn.Module, state_dict, prefix: str, local_metadata, strict, missing_keys,
+                           unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: torchvision's ``denselayerN.<rest>`` (N from 1) loads as ``layers.{N-1}.<rest>``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "denselayer")]:
+        match = _TORCHVISION_KEY.fullmatch(key, len(prefix))
+        if match is None:
+            continue  # left as is: an unexpected key
+        ours = f"{prefix}layers.{int(match[1]) - 1}.{match[2]}"
+        if ours in state_dict:
+            error_msgs.append(f"state_dict has both {key!r} and {ours!r} (the same entry in torchvision's and "
+                              "eexit's key layouts)")
+        else:
+            state_dict[ours] = state_dict.pop(key)
+
+
 class DenseConcatBlock(ComputePathModule):
     """``num_layers`` DenseNet-BC layers; returns [N, in_channels + num_layers * growth_rate, H, W].
 
@@ -36,6 +74,9 @@ class DenseConcatBlock(ComputePathModule):
     path :func:`eexit.ops.append_channels` copies each new output in and writes the next layer's
     BN1-ReLU input (one reused scratch) in the same pass, and BN2 is folded into conv1; with Triton the
     BN-ReLU prologue, folded BN2 + ReLU and the 3x3 conv run in two kernel launches per layer.
+
+    ``load_state_dict`` also takes torchvision's ``_DenseBlock`` keys (``denselayerN.*``, N from 1, for
+    ``layers.{N-1}.*``), so a torchvision DenseNet checkpoint loads after :meth:`from_torchvision`.
     """
 
     def __init__(self, in_channels: int, growth_rate: int, num_layers: int, bn_size: int = 4,
@@ -47,6 +88,53 @@ class DenseConcatBlock(ComputePathModule):
         self.layers = nn.ModuleList(
             DenseLayer(in_channels + i * growth_rate, growth_rate, bn_size) for i in range(num_layers)
         )
+        self.register_load_state_dict_pre_hook(_load_torchvision_keys)
+
+    @classmethod
+    def from_torchvision(cls, block: nn.Module) -> DenseConcatBlock:
+        """The block computing what torchvision's DenseNet ``_DenseBlock`` ``block`` computes
+        ([N, C, H, W] -> [N, C + L * growth_rate, H, W]), built from block's own BatchNorm2d, ReLU and
+        Conv2d modules: the same parameters and buffers (shared, on their device and dtype), and the
+        training mode of block and of each of its modules.
+
+        ``memory_efficient=True`` (gradient checkpointing) is accepted: it recomputes the same values, so
+        outputs and gradients are the same. This block keeps the activations instead, and updates norm1's
+        running statistics once per training step, as torchvision does without checkpointing (its
+        recomputation updates them a second time).
+
+        ValueError for what it cannot compute exactly: not a dense block (see
+        :func:`is_torchvision_dense_block`), ``drop_rate > 0`` (no dropout here), layers with other
+        modules, convolution geometries or channel counts than :class:`DenseLayer`'s for the first
+        layer's input channels, growth rate and bottleneck width.
+        """
+        if not is_torchvision_dense_block(block):
+            raise ValueError("block must be a torchvision DenseNet _DenseBlock: an nn.ModuleDict of denselayer1 .. "
+                             f"denselayerL (L >= 1), got {type(block).__name__}"
+                             + (f" with keys {list(block.keys())}" if isinstance(block, nn.ModuleDict) else ""))
+        theirs = list(block.values())
+        try:
+            c0, inner, growth = theirs[0].norm1.num_features, theirs[0].conv1.out_channels, theirs[0].conv2.out_channels
+        except AttributeError as err:
+            raise ValueError(f"block: denselayer1 is not a torchvision _DenseLayer ({err})") from None
+        if growth < 1 or inner % growth:
+            raise ValueError(f"block: denselayer1's bottleneck width {inner} is not a multiple of its growth rate "
+                             f"{growth}")
+        with torch.device("meta"):  # a template: every module is replaced by block's own
+            new = cls(c0, growth, len(theirs), inner // growth).train(block.training)
+        for i, (mine, layer) in enumerate(zip(new.layers, theirs), 1):
+            if float(getattr(layer, "drop_rate", 0.0)) > 0:
+                raise ValueError(f"block: denselayer{i} has drop_rate={layer.drop_rate}; DenseConcatBlock has no "
+                                 "dropout (build the DenseNet with drop_rate=0)")
+            if set(layer._modules) != set(mine._modules):
+                raise ValueError(f"block: denselayer{i} has the modules {sorted(layer._modules)}, expected "
+                                 f"{sorted(mine._modules)}")
+            for name, want in mine.named_children():
+                got = getattr(layer, name)
+                if type(got) is not type(want) or _conv_bn_geometry(got) != _conv_bn_geometry(want):
+                    raise ValueError(f"block: denselayer{i}.{name} is {got}, expected {want}")
+                setattr(mine, name, got)
+            mine.training = layer.training
+        return new
 
     @property
     def out_channels(self) -> int:

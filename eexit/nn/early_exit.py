@@ -1,6 +1,8 @@
 """Early exits for any backbone: a network as stages and exits, run with real early exit."""
 from __future__ import annotations
 
+import difflib
+import operator
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -8,6 +10,8 @@ from torch import nn
 
 from eexit import ops, reference
 from eexit.nn.execution import BACKENDS, check_backend, check_gate_ops, set_backend
+from eexit.nn.graph_cuts import BYPASS, cut_stages
+from eexit.nn.heads import TOKEN_POOLS, CutExit, default_head
 from eexit.runner import EarlyExitOutput, Thresholds, run_all_exits, run_early_exit
 
 
@@ -70,57 +74,124 @@ class EarlyExitNetwork(EarlyExitModel):
         return list(self.stages), list(self.exits)
 
 
-class Chain(nn.Sequential):
-    """nn.Sequential that flattens a feature map before a Linear (the ``torch.flatten(x, 1)``
-    that torchvision-style forward() methods do between pooling and the classifier)."""
+def _check_cuts(model: nn.Module, after: Sequence[str]) -> List[str]:
+    if isinstance(after, str) or not isinstance(after, Sequence) or not after:
+        raise ValueError(f"after must be a non-empty list of module names, got {after!r}")
+    names = [n for n, _ in model.named_modules() if n]
+    for a in after:
+        if not isinstance(a, str) or a not in names:
+            near = difflib.get_close_matches(str(a), names, n=5)
+            top = [n for n, _ in model.named_children()]
+            hint = f"; did you mean {near}?" if near else f"; the model's top-level modules are {top}"
+            raise ValueError(f"after: {a!r} is not a submodule of {type(model).__name__}{hint}")
+    if len(set(after)) != len(after):
+        raise ValueError(f"after names a module twice: {list(after)}")
+    return list(after)
 
-    def forward(self, x):
-        for m in self:
-            if isinstance(m, nn.Linear) and x.dim() > 2:
-                x = torch.flatten(x, 1)
-            x = m(x)
-        return x
+
+def _tolerance(t: torch.Tensor) -> dict:
+    """How far the cut network may differ from the model: float rounding only (the same ops run)."""
+    low = t.dtype in (torch.float16, torch.bfloat16)
+    return dict(rtol=1e-2 if low else 1e-4, atol=(1e-2 if low else 1e-5) * max(1.0, float(t.abs().max())),
+                equal_nan=True)
 
 
-def pool_linear_head(channels: int, num_classes: int) -> nn.Module:
-    """The default exit head: global average pooling -> Linear."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+def _check_crossing(h, names: List[str], cut: str, n: int) -> torch.Tensor:
+    """The cut module's output from stage output h; ValueError unless everything in h is [n, ...]."""
+    values = list(h) if len(names) > 1 else [h]
+    for i, (name, v) in enumerate(zip(names, values)):
+        if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != n:
+            what = f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"a {type(v).__name__}"
+            value = f"the output of {cut!r}" if i == 0 else f"{name!r} (computed before {cut!r}, used after it)"
+            raise ValueError(f"after: {value} is {what}, not a per-sample tensor [{n}, ...]; early exit compacts "
+                             f"the batch at every cut, so only such tensors can cross one: cut elsewhere, or {BYPASS}")
+    return values[0]
+
+
+def _check_same(net: "EarlyExitNetwork", model: nn.Module, x: torch.Tensor, after: List[str],
+                features: List[torch.Tensor], num_classes: int) -> None:
+    """ValueError naming the first cut where the network departs from the model on x (eval mode)."""
+    seen: List[torch.Tensor] = []
+    hooks = [model.get_submodule(a).register_forward_hook(lambda m, i, o: seen.append(o)) for a in after]
+    try:
+        want = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not isinstance(want, torch.Tensor) or want.dim() != 2 or want.shape[0] != x.shape[0]:
+        raise ValueError(f"attach_exits: the model must return logits [B, classes], it returned "
+                         f"{tuple(want.shape) if isinstance(want, torch.Tensor) else type(want).__name__}")
+    if want.shape[1] != num_classes:
+        raise ValueError(f"num_classes is {num_classes} but the model returns {want.shape[1]} classes")
+    for a, got, ref in zip(after, features, seen):
+        if got.shape != ref.shape or not torch.allclose(got, ref, **_tolerance(ref)):
+            raise ValueError(f"attach_exits: the network cut at {a!r} computes something else than the model "
+                             f"before that cut (on example_input); {BYPASS}")
+    got = net(x)[-1]
+    if got.shape != want.shape or not torch.allclose(got, want, **_tolerance(want)):
+        raise ValueError(f"attach_exits: the network's last exit differs from the model's output after the last "
+                         f"cut {after[-1]!r} (on example_input); {BYPASS}")
 
 
 def attach_exits(model: nn.Module, after: Sequence[str], num_classes: int, example_input: torch.Tensor,
-                 head: Optional[Callable[[int, int], nn.Module]] = None) -> EarlyExitNetwork:
-    """Cuts ``model`` into stages after the named direct children ``after`` (in order) and
-    attaches an exit head at each cut; the model's own remaining layers are the last stage and
-    its output the last exit. Children run in registration order, with a flatten before a
-    Linear that gets a feature map, as torchvision-style models do.
+                 head: Optional[Callable[[torch.Tensor, int], nn.Module]] = None,
+                 tokens: str = "cls") -> EarlyExitNetwork:
+    """Cuts ``model`` into stages after the modules named in ``after`` (dotted names such as
+    ``"layer2.1"`` or ``"features.denseblock2"``, in the order forward calls them) on its torch.fx
+    graph (see :mod:`eexit.nn.graph_cuts`: everything forward does between modules is kept) and
+    attaches an exit head at each cut; the rest of the model is the last stage and its output the
+    last exit. The network shares the model's modules and parameters; ``network.backbone`` is the
+    model.
 
-    head(channels, num_classes) builds each exit (default: pool -> linear); channels is found by
-    running ``example_input`` (e.g. ``torch.zeros(1, 3, 32, 32)``) through the stages.
-    The new network shares the model's modules (and parameters).
+    head(feature, num_classes) builds each exit from the cut module's example output ``feature``
+    (default :func:`~eexit.nn.heads.default_head`: feature maps -> pool + Linear, tokens [B, L, D]
+    -> class token (``tokens="cls"``) or token mean (``"mean"``) + LayerNorm + Linear, vectors ->
+    Linear, in the feature's dtype); heads are moved to the feature's device. ``example_input`` is a batch the model
+    takes, e.g. ``torch.zeros(1, 3, 32, 32)`` (a batch of one is run as two, to tell the batch
+    dimension).
+
+    The result is checked before it is returned: in eval mode and without grad, example_input runs
+    through the network and the model, and ValueError names the cut where they differ beyond float
+    rounding. Every module's training flag is left as it was. Models torch.fx cannot trace, and
+    values crossing a cut that are not per-sample tensors, are refused with ValueError (then build
+    :class:`EarlyExitNetwork` from your own stages and exits).
     """
-    names = [n for n, _ in model.named_children()]
-    missing = [a for a in after if a not in names]
-    if missing:
-        raise ValueError(f"after: {missing} are not direct children of the model; children are {names}")
-    cuts = [names.index(a) for a in after]
-    if cuts != sorted(cuts) or len(set(cuts)) != len(cuts) or not cuts:
-        raise ValueError(f"after must name distinct children in model order, got {list(after)}")
-    if cuts[-1] == len(names) - 1:
+    after = _check_cuts(model, after)
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0 or example_input.shape[0] < 1:
+        raise ValueError("example_input must be a tensor batch of at least one sample the model takes, e.g. "
+                         "torch.zeros(1, 3, 32, 32)")
+    if tokens not in TOKEN_POOLS:
+        raise ValueError(f"tokens must be one of {TOKEN_POOLS}, got {tokens!r}")
+    stages, crossing = cut_stages(model, after)
+    if not any(n.op in ("call_module", "call_function", "call_method") and n.target is not operator.getitem
+               for n in stages[-1].body.graph.nodes):
         raise ValueError(f"after: nothing of the model is left after {after[-1]!r} to be the final exit")
-    children = [m for _, m in model.named_children()]
-    bounds = [0] + [c + 1 for c in cuts] + [len(children)]
-    stages = [Chain(*children[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    head = head or pool_linear_head
-    exits: List[nn.Module] = []
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        h = example_input
-        for stage in stages[:-1]:
-            h = stage(h)
-            if h.dim() < 2:
-                raise ValueError(f"stage output of shape {tuple(h.shape)} has no channel dimension")
-            exits.append(head(h.shape[1], num_classes))
-        model.train(was_training)
-    exits.append(nn.Identity())
-    return EarlyExitNetwork(stages, exits)
+    x = example_input if example_input.shape[0] > 1 else torch.cat([example_input] * 2)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for m in [model, *stages]:
+            m.eval()
+        with torch.no_grad():
+            features, h = [], x
+            for k, stage in enumerate(stages[:-1]):
+                h = stage(h)
+                features.append(_check_crossing(h, crossing[k], after[k], x.shape[0]))
+            exits: List[nn.Module] = []
+            for f in features:
+                if head is None:
+                    e = default_head(f, num_classes, tokens).to(f.device, f.dtype)
+                else:
+                    e = head(f, num_classes)
+                    if not isinstance(e, nn.Module):
+                        raise ValueError(f"head must return an nn.Module, returned a {type(e).__name__}")
+                exits.append(CutExit(e.to(f.device)))
+            net = EarlyExitNetwork(stages, exits + [nn.Identity()]).eval()
+            _check_same(net, model, x, after, features, num_classes)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    net.train(model.training)
+    for m, mode in modes.items():
+        m.training = mode
+    object.__setattr__(net, "backbone", model)  # the model itself, outside the module tree
+    return net

@@ -52,9 +52,9 @@ def wrapped(seed):
     backbone = TinyResNet().eval()
     net = attach_exits(backbone, ["layer1", "layer2", "layer3"], num_classes=10,
                        example_input=torch.zeros(1, 3, 16, 16))
-    for head in net.exits[:-1]:  # spread the confidences of the fresh heads
+    for e in net.exits[:-1]:  # spread the confidences of the fresh heads
         with torch.no_grad():
-            head[-1].weight.mul_(8.0)
+            e.head[-1].weight.mul_(8.0)
     return backbone, net.eval()
 
 
@@ -65,9 +65,10 @@ def test_attach_exits_keeps_the_backbone_and_adds_heads():
     with torch.no_grad():
         outs = net(x)
         assert len(outs) == 4 and all(o.shape == (4, 10) for o in outs)
-        torch.testing.assert_close(outs[-1], backbone(x))  # the last exit is the model itself
-    assert [h[-1].in_features for h in net.exits[:-1]] == [8, 16, 24]
-    assert net.stages[1][0] is backbone.layer2  # shared modules, not copies
+        torch.testing.assert_close(outs[-1], backbone(x), rtol=0, atol=0)  # the last exit is the model itself
+    assert [e.head[-1].in_features for e in net.exits[:-1]] == [8, 16, 24]
+    assert net.stages[1].body.layer2 is backbone.layer2  # shared modules, not copies
+    assert net.backbone is backbone and "backbone" not in dict(net.named_children())
 
 
 @pytest.mark.parametrize("criterion", ["confidence", "entropy"])
@@ -97,21 +98,40 @@ def test_bad_construction():
         EarlyExitNetwork([nn.Identity(), nn.Identity()], [nn.Identity()])
     backbone = TinyResNet()
     ex = torch.zeros(1, 3, 16, 16)
-    with pytest.raises(ValueError, match="not direct children"):
+    with pytest.raises(ValueError, match=r"'layer9' is not a submodule of TinyResNet; did you mean"):
         attach_exits(backbone, ["layer9"], 10, ex)
-    with pytest.raises(ValueError, match="model order"):
+    with pytest.raises(ValueError, match=r"order forward runs them: \['layer1', 'layer3'\]"):
         attach_exits(backbone, ["layer3", "layer1"], 10, ex)
     with pytest.raises(ValueError, match="nothing of the model is left"):
         attach_exits(backbone, ["fc"], 10, ex)
+    with pytest.raises(ValueError, match="names a module twice"):
+        attach_exits(backbone, ["layer1", "layer1"], 10, ex)
+    with pytest.raises(ValueError, match="non-empty list"):
+        attach_exits(backbone, "layer1", 10, ex)
+    with pytest.raises(ValueError, match=r"'layer1.conv1' is called 0 times"):  # inside another cut
+        attach_exits(backbone, ["layer1", "layer1.conv1"], 10, ex)
+    with pytest.raises(ValueError, match="example_input must be a tensor batch"):
+        attach_exits(backbone, ["layer1"], 10, torch.zeros(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="num_classes is 7 but the model returns 10"):
+        attach_exits(backbone, ["layer1"], 7, ex)
+    with pytest.raises(ValueError, match="tokens must be one of"):
+        attach_exits(backbone, ["layer1"], 10, ex, tokens="first")
     _, net = wrapped(0)
     with pytest.raises(ValueError, match="one per exit"):
         net.infer(torch.randn(2, 3, 16, 16), [0.5, 0.5])
 
 
-def test_custom_head():
+def test_custom_head_gets_the_example_feature():
     backbone = TinyResNet()
-    net = attach_exits(backbone, ["layer2"], 10, torch.zeros(1, 3, 16, 16),
-                       head=lambda c, k: nn.Sequential(nn.Conv2d(c, 4, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-                                                       nn.Linear(4, k)))
-    assert net.exits[0][0].in_channels == 16
+    seen = []
+
+    def head(feature, k):
+        seen.append(tuple(feature.shape))
+        return nn.Sequential(nn.Conv2d(feature.shape[1], 4, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, k))
+
+    net = attach_exits(backbone, ["layer2"], 10, torch.zeros(1, 3, 16, 16), head=head)
+    assert seen == [(2, 16, 4, 4)]  # a batch of one is run as two, to tell the batch dimension
+    assert net.exits[0].head[0].in_channels == 16
     assert net(torch.randn(2, 3, 16, 16))[0].shape == (2, 10)
+    with pytest.raises(ValueError, match="head must return an nn.Module"):
+        attach_exits(backbone, ["layer2"], 10, torch.zeros(1, 3, 16, 16), head=lambda f, k: 3)
