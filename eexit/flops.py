@@ -4,7 +4,8 @@ Convention (kalviny/MSDNet-PyTorch, ``op_counter.py``), one sample:
 
 * Conv2d: ``in * out * kh * kw * H_out * W_out / groups`` (bias not counted);
 * Linear: ``weight.numel() + bias.numel()``;
-* ReLU: input elements; MaxPool2d / AvgPool2d: output elements * kernel area;
+* ReLU: input elements (so are Hardswish and Hardsigmoid, MobileNetV3's activations, which the
+  official counter has no rule for); MaxPool2d / AvgPool2d: output elements * kernel area;
   AdaptiveAvgPool2d: input elements; LocalResponseNorm (not in the official counter, which has
   none): input elements * window size;
 * BatchNorm, Dropout, Identity, Flatten, containers: 0. Any other leaf module raises TypeError.
@@ -35,7 +36,7 @@ def leaf_ops(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     if isinstance(module, nn.Linear):
         rows = x.numel() // module.in_features
         return float(rows * (module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)))
-    if isinstance(module, nn.ReLU) or isinstance(module, nn.AdaptiveAvgPool2d):
+    if isinstance(module, (nn.ReLU, nn.Hardswish, nn.Hardsigmoid, nn.AdaptiveAvgPool2d)):
         return float(x.numel())
     if isinstance(module, nn.LocalResponseNorm):
         return float(x.numel() * module.size)

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["joint_loss"]
+__all__ = ["distillation_loss", "joint_loss"]
 
 Weights = Union[Sequence[float], torch.Tensor]
 
@@ -78,3 +78,47 @@ def joint_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
         total = term if total is None else total + term
     return total
 
+
+
+def distillation_loss(outputs: Sequence[torch.Tensor], temperature: float = 4.0) -> torch.Tensor:
+    """Self-distillation of the final exit into the earlier ones (Hinton et al., 2015, with the last
+    exit as the teacher):
+
+    ``sum_{k < K-1} T**2 * KL(softmax(z_{K-1} / T) || softmax(z_k / T))``
+
+    where ``z_k = outputs[k]`` are exit k's logits [B, C], K = ``len(outputs)``, T =
+    ``temperature`` and each KL is ``sum_c p_c * (log p_c - log q_c)`` averaged over the batch
+    (``F.kl_div(..., reduction="batchmean")``). The teacher ``z_{K-1}`` is detached: the loss
+    trains the early exits towards the final one, never the final exit towards them. The T**2
+    factor keeps the gradients' scale independent of T.
+
+    outputs: every exit's logits, [B, C] each, all of one shape (e.g. ``EarlyExitNetwork.forward``);
+    temperature: a finite number > 0. Returns a scalar tensor (0 for a single exit). Raises
+    ValueError on an empty ``outputs``, a non-tensor or non-[B, C] entry, exits whose shapes
+    differ, or a bad temperature.
+    """
+    if isinstance(outputs, torch.Tensor) or not isinstance(outputs, Sequence):
+        raise ValueError(
+            f"distillation_loss: outputs must be a list or tuple of per-exit logits, got {type(outputs).__name__}"
+        )
+    if len(outputs) == 0:
+        raise ValueError("distillation_loss: outputs is empty; expected one logits tensor per exit")
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"distillation_loss: temperature must be a finite number > 0, got {temperature!r}")
+    for k, out in enumerate(outputs):
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"distillation_loss: outputs[{k}] must be a tensor, got {type(out).__name__}")
+    for k, out in enumerate(outputs):
+        if out.dim() != 2:
+            raise ValueError(f"distillation_loss: outputs[{k}] must be logits [B, C], got shape {tuple(out.shape)}")
+        if out.shape != outputs[-1].shape:
+            raise ValueError(f"distillation_loss: outputs[{k}] has shape {tuple(out.shape)} but the last exit "
+                             f"{tuple(outputs[-1].shape)}; every exit needs the same [B, C]")
+    t = float(temperature)
+    teacher = F.log_softmax(outputs[-1].detach() / t, dim=1)
+    total = outputs[-1].new_zeros(())
+    for out in outputs[:-1]:
+        total = total + t * t * F.kl_div(F.log_softmax(out / t, dim=1), teacher, reduction="batchmean",
+                                         log_target=True)
+    return total

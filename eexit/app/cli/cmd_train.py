@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
         "model's input and grey/colour converted as needed. Data parallel: torchrun --nproc-per-node N -m "
         "eexit train ... (gloo on CPU, nccl with --device cuda; --batch-size is the global batch). Example: "
         "eexit train --model msdnet-cifar-budgeted --data cifar100 --data-dir ~/data --epochs 300 "
-        "--out runs/msdnet.pt")
+        "--out runs/msdnet.pt; exits for a ResNet-18 trained elsewhere (torchvision's key layout): eexit train "
+        "--model resnet18-exits --data cifar10 --data-dir ~/data --init-from resnet18.pth --freeze-backbone "
+        "--distill-weight 1 --out runs/r18.pt")
     p.add_argument("--model", required=True, choices=list(zoo.MODELS), metavar="MODEL",
                    help="one of: " + ", ".join(zoo.MODELS))
     p.add_argument("--data", required=True, choices=data.DATASETS, help="data set")
@@ -46,6 +48,25 @@ def add_parser(sub) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation hold-out")
     p.add_argument("--val-size", type=int, help="validation hold-out size (default: 5000 for CIFAR, 10%% for folders)")
     p.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (folder data)")
+    b = p.add_argument_group("from a trained backbone")
+    b.add_argument("--init-from", metavar="FILE",
+                   help="start from the weights in FILE: a state_dict (plain, under 'state_dict' or 'model', "
+                   "'module.' prefixes removed) loaded into the model's backbone ("
+                   + "; ".join(f"{m}: {e.init_layout}" for m, e in zoo.MODELS.items() if e.init_layout)
+                   + ") or, for the other models, the model itself (its own state_dict layout). Every tensor of "
+                   "FILE must match a parameter or buffer by name and shape, except the final classifier's "
+                   "weights when they differ in the number of classes only (skipped, reported); keys FILE lacks "
+                   "keep their initialisation (listed). With --resume and an existing --out, FILE is not read: "
+                   "the checkpoint's weights are used")
+    b.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the exits: the stages' weights get no gradient and their BatchNorm statistics "
+                   "stay as they are (stages in eval mode). resnet18-exits: its own fc (the last exit) is frozen "
+                   "too; MSDNet, B-*: every exit, the final classifier included, trains")
+    b.add_argument("--distill-weight", type=float, default=0.0, metavar="W",
+                   help="self-distillation: add W * sum over the earlier exits of T^2 * KL(final exit || exit) at "
+                   "temperature T, the final exit's logits detached (0: off)")
+    b.add_argument("--distill-temperature", type=float, default=4.0, metavar="T",
+                   help="softmax temperature of --distill-weight")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     g.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
