@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 BUILT := $(VENV)/.eexit-built-cuda$(EEXIT_CUDA)
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
-.PHONY: demo test bench build gpu-check
+.PHONY: demo test bench build gpu-check docs
 
 $(STAMP): requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: build
 	$(PY) -m ruff check .
 	EEXIT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable -k "N64-C10-"
+	$(MAKE) docs
+
+# The API reference from the docstrings (docs/: conf.py, index.rst, api/), HTML in docs/_build/html.
+# Every warning fails it (-W, --keep-going to list them all; -n: every reference must resolve);
+# -E rereads every source, so a warning is reported again on every run, not only after a change.
+# It imports eexit from this folder and needs no built extension (eexit.ops then falls back).
+docs: $(STAMP)
+	$(PY) -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html
 
 bench: build
 	mkdir -p benchmarks/results

@@ -46,6 +46,9 @@ void check_compact_args(at::TensorList tensors, const at::Tensor& index) {
     TORCH_CHECK_VALUE(t.dim() >= 1, "compact: tensors[", i, "] must have rank >= 1 (rows on dim 0), got a scalar");
     TORCH_CHECK_VALUE(t.device() == index.device(), "compact: tensors[", i, "] is on ", t.device(),
                       " but index is on ", index.device());
+    TORCH_CHECK_VALUE(t.size(0) == tensors[0].size(0), "compact: tensors[", i, "] has ", t.size(0),
+                      " rows but tensors[0] has ", tensors[0].size(0),
+                      "; the tensors must be rows of the same batch (dim 0)");
   }
 }
 

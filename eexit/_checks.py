@@ -1,9 +1,12 @@
 """Argument checks shared by the reference ops and the fake (meta) implementations.
 
 They mirror csrc/checks.cpp so that every backend rejects the same inputs with
-the same exception type (ValueError / TypeError / IndexError). The Triton conv kernels'
+the same exception type (ValueError / TypeError / IndexError); compact's rule that every
+tensor has the same rows is checked here only (in eexit.ops.compact, the reference and the
+fake implementation: the C++ op itself takes any row counts). The Triton conv kernels'
 suite (:func:`check_conv_args`, :func:`check_bottleneck_args`) runs in their Python
-wrappers, their op bodies and their fake implementations alike.
+wrappers, their op bodies and their fake implementations alike. :func:`check_model_input`
+checks the input of an early-exit model's forward and infer.
 """
 from __future__ import annotations
 
@@ -77,6 +80,9 @@ def check_compact_args(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> 
             raise ValueError(f"compact: tensors[{i}] must have rank >= 1 (rows on dim 0), got a scalar")
         if t.device != index.device:
             raise ValueError(f"compact: tensors[{i}] is on {t.device} but index is on {index.device}")
+        if t.shape[0] != tensors[0].shape[0]:  # Python-side only: the C++ op itself takes any row counts
+            raise ValueError(f"compact: tensors[{i}] has {t.shape[0]} rows but tensors[0] has {tensors[0].shape[0]}; "
+                             f"the tensors must be rows of the same batch (dim 0)")
 
 
 def check_append_args(buf, src, c0, pre=None, scale=None, shift=None) -> None:
@@ -132,6 +138,103 @@ def check_append_args(buf, src, c0, pre=None, scale=None, shift=None) -> None:
             raise ValueError(f"append_channels: {name} must have shape [{c}] (c0 + C_src), got {tuple(t.shape)}")
         if t.device != buf.device:
             raise ValueError(f"append_channels: {name} is on {t.device} but buf is on {buf.device}")
+
+
+# ----------------------------------------------------------------------------- model inputs
+
+PARAMETERS = "parameters"  # an input dtype: that of the model's parameters
+
+
+def _type_name(value: object) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _dims(dims: Sequence[Optional[int]]) -> str:
+    return "[" + ", ".join("*" if d is None else str(d) for d in dims) + "]"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _autocast(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return False
+
+
+def check_input_spec(shape: object, dtype: object) -> None:
+    """A model's declared input (see :meth:`eexit.nn.EarlyExitModel.check_input`): shape per sample, a
+    tuple of ints >= 1 or None (any size), or None; dtype None, "parameters" or a torch.dtype."""
+    if shape is not None and (not isinstance(shape, (tuple, list)) or any(
+            d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1) for d in shape)):
+        raise ValueError(f"input_shape must be a tuple of sizes per sample (ints >= 1, or None for any size), "
+                         f"e.g. (3, None, None), or None; got {shape!r}")
+    if dtype is not None and dtype != PARAMETERS and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"input_dtype must be None, {PARAMETERS!r} or a torch.dtype, got {dtype!r}")
+
+
+def check_model_input(x: object, what: str, shape: Optional[Sequence[Optional[int]]] = None,
+                      dtype: object = None, param: Optional[torch.Tensor] = None) -> None:
+    """The input of an early-exit model's forward / infer, before anything runs; ``what`` names the
+    model in messages ("this MSDNet (CIFAR)"). Only Python-level metadata is read (no tensor op, no sync).
+
+    shape: per sample (without the batch dimension), an int where the size is fixed, None where any
+    size goes; or None when unknown: then x may also be a non-empty list/tuple of tensors (multi-scale
+    input), every one a batch of the same samples on dim 0.
+    dtype: a torch.dtype x must have; "parameters": the dtype of ``param``; None: floating x must have
+    param's dtype, other dtypes pass (e.g. token ids). param: a parameter of the model's first stage
+    (its device is x's; None: a model without parameters).
+    TypeError for a non-tensor x or a wrong dtype, ValueError for a wrong shape or device.
+    """
+    if isinstance(x, torch.Tensor):
+        named: Sequence[Tuple[str, torch.Tensor]] = (("x", x),)
+    elif shape is None and isinstance(x, (list, tuple)) and x:
+        named = tuple((f"x[{i}]", t) for i, t in enumerate(x))
+        for name, t in named:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor for {what}, got {_type_name(t)}")
+    else:
+        want = dtype if isinstance(dtype, torch.dtype) else None
+        if want is None and param is not None and param.is_floating_point():
+            want = param.dtype
+        kind = "a torch.Tensor " + _dims(("B", *shape)) if shape is not None else \
+            "a torch.Tensor or a non-empty list/tuple of tensors"
+        msg = f"x must be {kind} for {what}, got {_type_name(x)}"
+        if type(x).__module__ == "numpy":
+            msg += "; convert it with torch.as_tensor(x" + ("" if want is None else f", dtype={want}") + ")"
+        raise TypeError(msg)
+    if shape is not None:
+        want_dims = ("B", *shape)
+        if x.dim() != len(want_dims) or any(w is not None and w != s for w, s in zip(shape, x.shape[1:])):
+            msg = f"x must be {_dims(want_dims)} for {what}, got {_dims(x.shape)}"
+            if x.dim() == len(shape) and all(w is None or w == s for w, s in zip(shape, x.shape)):
+                msg += "; one sample? add the batch dimension: x.unsqueeze(0)"
+            elif (x.dim() == len(want_dims) >= 3 and shape[0] is not None and x.shape[-1] == shape[0]
+                  and x.shape[1] != shape[0]):
+                order = ", ".join(map(str, (0, x.dim() - 1, *range(1, x.dim() - 1))))
+                msg += f"; channels last? they go on dim 1: x.permute({order})"
+            raise ValueError(msg)
+    else:
+        for name, t in named:
+            if t.dim() == 0:
+                raise ValueError(f"{name} must be a batch (samples on dim 0) for {what}, got a scalar")
+            if t.shape[0] != named[0][1].shape[0]:
+                raise ValueError(f"{name} has {t.shape[0]} samples (dim 0) but x[0] has {named[0][1].shape[0]}: "
+                                 f"the tensors of x must be batches of the same samples, for {what}")
+    for name, t in named:
+        if isinstance(dtype, torch.dtype):
+            if t.dtype != dtype:
+                raise TypeError(f"{name} must be {_dtype_name(dtype)} for {what}, got {_dtype_name(t.dtype)}")
+        elif (param is not None and t.dtype != param.dtype and param.is_floating_point()
+              and (t.is_floating_point() or dtype == PARAMETERS) and not _autocast(t.device)):
+            raise TypeError(f"{name} must be {_dtype_name(param.dtype)} like the parameters of {what}, got "
+                            f"{_dtype_name(t.dtype)}; convert it with {name}.to({param.dtype})")
+        if param is not None and t.device != param.device:
+            raise ValueError(f"{name} is on {t.device} but the parameters of {what} are on {param.device}; "
+                             f"move it with {name}.to({str(param.device)!r})")
 
 
 # ----------------------------------------------------------------------------- Triton conv kernels

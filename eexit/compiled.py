@@ -1,7 +1,7 @@
 """Compiled early-exit inference: every stage and exit of an :class:`~eexit.nn.EarlyExitModel`
 under ``torch.compile``, with the batch dimension dynamic, so that the shrinking active batch of
 real early exit does not recompile; the exit gate and compaction run between the compiled graphs
-(eexit's ops, :attr:`~eexit.nn.EarlyExitModel.gate_ops`).
+(eexit's ops, the model's ``gate_ops``).
 
 Compiled artifacts are cached on disk by Inductor (``TORCHINDUCTOR_CACHE_DIR``, by default
 ``/tmp/torchinductor_$USER``): a second process with the same model and torch reuses them and
@@ -39,7 +39,7 @@ def _rows(x: Any, n: int) -> Any:
 
 class CompiledPart:
     """A stage or exit under ``torch.compile``. Its input's batch dimension is marked dynamic on
-    every call, so a few graphs serve every batch size (see :data:`WARMUP_BATCHES`; an empty batch
+    every call, so a few graphs serve every batch size (see ``WARMUP_BATCHES``; an empty batch
     runs the module eagerly). Not an nn.Module: the model's parameters and state_dict stay where
     they are."""
 
@@ -78,7 +78,7 @@ def compile(model: EarlyExitModel, *, example_input: Optional[Any] = None, **opt
     BatchNorm and concatenations); ``options`` go to ``torch.compile`` (``dynamic`` is not
     accepted: the batch dimension is dynamic, every other one static). With ``example_input``
     (a batch as ``forward`` takes it; its samples are repeated or cut to the sizes of
-    :data:`WARMUP_BATCHES`) the graphs ``infer`` runs are compiled at once, under ``torch.no_grad()``
+    ``WARMUP_BATCHES``) the graphs ``infer`` runs are compiled at once, under ``torch.no_grad()``
     and under ``torch.inference_mode()`` (their tensors differ, so each has its graphs; Inductor's
     cache makes the repeats cheap), and the time it took is ``model.compile_seconds``; after that
     no batch size recompiles. Otherwise each graph compiles on first use. :func:`uncompile` undoes it.

@@ -78,9 +78,9 @@ def exit_gate(logits: torch.Tensor, threshold: float, criterion: str = "confiden
 def compact(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> List[torch.Tensor]:
     """Rows ``index`` (int64 [K], on the tensors' device) of every tensor, in one pass.
 
-    Tensors may have any shape (rows on dim 0) and dtype; a contiguous or channels_last
-    input gives an output in the same memory format. Out-of-range indices raise IndexError
-    on CPU and a device-side assert on CUDA.
+    Tensors may have any shape (rows on dim 0, as many in every tensor: ValueError otherwise) and
+    dtype; a contiguous or channels_last input gives an output in the same memory format.
+    Out-of-range indices raise IndexError on CPU and a device-side assert on CUDA.
     """
     check_compact_args(tensors, index)
     if not has_extension():

@@ -1,9 +1,11 @@
 """Pure-PyTorch definitions of eexit's ops: the semantics every fused path is tested against.
 
 Exit rule (csrc/exit_rule.h is its C++ twin): a row leaves when its score passes the threshold:
-  criterion "confidence": score = max softmax probability, exits when score >= threshold;
-  criterion "entropy":    score = softmax entropy in nats, exits when score < threshold
-                          (so an entropy threshold of 0 lets nothing leave).
+
+* criterion "confidence": score = max softmax probability, exits when score >= threshold;
+* criterion "entropy": score = softmax entropy in nats, exits when score < threshold (so an
+  entropy threshold of 0 lets nothing leave).
+
 Scores are clamped to their ranges (confidence <= 1, entropy >= 0) against rounding.
 All arithmetic is float32 whatever the logits' dtype.
 
@@ -71,7 +73,8 @@ def exit_gate(logits: torch.Tensor, threshold: float, criterion: str = "confiden
 
 
 def compact(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> List[torch.Tensor]:
-    """Rows `index` (dim 0) of every tensor; each result keeps its tensor's memory format."""
+    """Rows `index` (dim 0) of every tensor (all with the same rows); each result keeps its tensor's
+    memory format."""
     check_compact_args(tensors, index)
     if index.numel():
         lo, hi = index.min().item(), index.max().item()

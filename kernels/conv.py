@@ -36,7 +36,7 @@ is given and return it. They are ``torch.library.custom_op`` ops: opaque to ``to
 which runs them in ``fullgraph`` graphs through their fake implementations. (``triton_op`` would
 let Inductor see the kernel, but it runs the op body on fake tensors while tracing, which the
 Triton interpreter cannot do.) The wrappers, the op bodies and the fake implementations share
-one argument check (:mod:`eexit._checks`). Launches go to x's device, on its current stream.
+one argument check (``eexit._checks``). Launches go to x's device, on its current stream.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ by ``Branch.weight`` (1 everywhere in these files); see :func:`eexit.losses.join
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -152,10 +152,13 @@ def _chainer_init_(model: nn.Module) -> None:
                     m.bias.zero_()
 
 
-def _build(stages: List[nn.Module], exits: List[nn.Module], init: str) -> EarlyExitNetwork:
+def _build(stages: List[nn.Module], exits: List[nn.Module], init: str, input_shape: Tuple[int, int, int],
+           name: str) -> EarlyExitNetwork:
+    """The network, taking images [B, *input_shape] in the parameters' dtype (the size its Linear
+    layers were sized for; forward and infer check it)."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    net = EarlyExitNetwork(stages, exits)
+    net = EarlyExitNetwork(stages, exits, input_shape=input_shape, input_dtype="parameters", display_name=name)
     if init == "chainer":
         _chainer_init_(net)
     return net
@@ -200,7 +203,7 @@ def b_lenet(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwork:
         nn.Sequential(_max_pool(2, 2), _relu(), _conv(5, 10, 3, 1, 1), _max_pool(2, 2), _relu(), _linear(640, c)),
         nn.Linear(84, c),
     ]
-    return _build(stages, exits, init)
+    return _build(stages, exits, init, (1, 28, 28), "B-LeNet (MNIST)")
 
 
 def b_alexnet(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwork:
@@ -247,7 +250,7 @@ def b_alexnet(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwork:
         nn.Sequential(*norm(), *conv(96), *cap(128)),
         nn.Linear(128, c),
     ]
-    return _build(stages, exits, init)
+    return _build(stages, exits, init, (3, 32, 32), "B-AlexNet (CIFAR-10)")
 
 
 def b_resnet110(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwork:
@@ -295,4 +298,4 @@ def b_resnet110(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwor
         nn.Sequential(ResBlock(16, 16), _linear(14400, c)),
         _linear(576, c),
     ]
-    return _build([stem, group1, rest], exits, init)
+    return _build([stem, group1, rest], exits, init, (3, 32, 32), "B-ResNet-110 (CIFAR-10)")

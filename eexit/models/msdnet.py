@@ -40,6 +40,8 @@ from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel
 
 Features = List[torch.Tensor]
 DATASETS = ("cifar", "imagenet")
+DATASET_NAMES = {"cifar": "CIFAR", "imagenet": "ImageNet"}
+IMAGE_SIZE = {"cifar": 32, "imagenet": 224}  # the images each dataset's MSDNets are built for (square)
 STEP_MODES = ("even", "lin_grow")
 PRUNE_RULES = ("max", "min")
 
@@ -86,7 +88,7 @@ class ScaleConv(nn.Module):
 
     With a finer input: ``cat([same, conv_down(finer), conv_normal(same)], 1)``, each conv giving
     ``growth // 2`` channels (conv_down has stride 2). Without: ``cat([same, conv_normal(same)], 1)``,
-    conv_normal giving ``growth`` channels. :meth:`_convs` states that order once; :meth:`forward`
+    conv_normal giving ``growth`` channels. ``_convs`` states that order once; :meth:`forward`
     concatenates in it and :meth:`forward_into` writes in it.
     """
 
@@ -254,7 +256,8 @@ def _grow_in_buffers(feats: Features, layers: Sequence[MSDLayer]) -> Features:
 class MSDClassifier(nn.Module):
     """Exit head (official ``ClassifierModule``): reads the coarsest scale, two 3x3 stride-2
     ConvBNReLU (in -> hidden -> hidden), AvgPool2d(2), flatten, Linear(hidden, num_classes).
-    The coarsest map must be 5..8 px (CIFAR 32 px: 8x8; ImageNet 224 px: 7x7) so that 1x1 remains."""
+    The coarsest map must be 5..12 px (CIFAR 32 px: 8x8; ImageNet 224 px: 7x7) so that 1x1 remains
+    (:func:`classifier_takes`)."""
 
     def __init__(self, in_channels: int, hidden: int, num_classes: int, backend: str = "auto") -> None:
         super().__init__()
@@ -270,6 +273,21 @@ class MSDClassifier(nn.Module):
         if not isinstance(x, torch.Tensor):
             x = x[-1]
         return self.linear(self.m(x).flatten(1))
+
+
+def coarsest_size(size: int, dataset: str, n_scales: int) -> int:
+    """Height (or width) of the coarsest scale for images of ``size`` px: the ImageNet stem divides
+    by 4 (stride-2 conv, stride-2 max-pool), every further scale by 2 (stride-2 3x3 convs, pad 1:
+    ceil)."""
+    for _ in range((2 if dataset == "imagenet" else 0) + n_scales - 1):
+        size = -(-size // 2)
+    return size
+
+
+def classifier_takes(size: int) -> bool:
+    """Whether an :class:`MSDClassifier` takes a coarsest map of ``size`` px: two stride-2 convs and
+    AvgPool2d(2) must leave 1x1 for its Linear (size 5..12)."""
+    return -(-size // 4) // 2 == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,22 +338,29 @@ def _factor_list(name: str, value: object) -> List[int]:
 class MSDNet(EarlyExitModel):
     """Multi-Scale Dense Network; hyperparameters one to one with the official ``args``.
 
-    Args (official name in brackets):
-        n_blocks (nBlocks): number of blocks = number of exits.
-        n_channels (nChannels): stem width at scale 0; scale s has ``n_channels * gr_factor[s]``.
-        base (base): layers in block 0.
-        step (step), step_mode (stepmode): layers in block b >= 1: ``step`` ('even') or
-            ``step * b + 1`` ('lin_grow').
-        growth_rate (growthRate): channels added per layer at scale 0 (``growth_rate * gr_factor[s]`` at s).
-        gr_factor (grFactor), bn_factor (bnFactor): per-scale width / bottleneck factors; lists or
-            the official strings like ``"1-2-4"``. ``n_scales = len(gr_factor)``.
-        bottleneck (bottleneck): 1x1 bottleneck (width ``min(in, bn_factor[s] * out)``) before each 3x3.
-        prune (prune): 'max' or 'min' scale-dropping rule (see :func:`layer_scales`).
-        reduction (reduction): transitions compress the base width to ``floor(reduction * n_in)``
-            (inserted after each scale drop for 'max', at 1/3 and 2/3 of the layers for 'min'); 0: none.
+    The official names of the arguments are in brackets.
+
+    Args:
+        n_blocks: number of blocks = number of exits (nBlocks).
+        n_channels: stem width at scale 0; scale s has ``n_channels * gr_factor[s]`` (nChannels).
+        base: layers in block 0 (base).
+        step: with step_mode (stepmode), the layers in block b >= 1: ``step`` ('even') or
+            ``step * b + 1`` ('lin_grow') (step).
+        step_mode: 'even' or 'lin_grow' (stepmode).
+        growth_rate: channels added per layer at scale 0, ``growth_rate * gr_factor[s]`` at s (growthRate).
+        gr_factor: per-scale width factors, a list or the official string like ``"1-2-4"``;
+            ``n_scales = len(gr_factor)`` (grFactor).
+        bn_factor: per-scale bottleneck factors, likewise (bnFactor).
+        bottleneck: a 1x1 bottleneck (width ``min(in, bn_factor[s] * out)``) before each 3x3 (bottleneck).
+        prune: 'max' or 'min' scale-dropping rule, see :func:`layer_scales` (prune).
+        reduction: transitions compress the base width to ``floor(reduction * n_in)``, inserted after
+            each scale drop for 'max', at 1/3 and 2/3 of the layers for 'min'; 0: none (reduction).
         num_classes: classes (the official code takes 10 / 100 / 1000 from the data set name).
         dataset: 'cifar' (3x3 stem, 128-wide classifiers, 32 px) or 'imagenet' (7x7 stem, classifiers
-            as wide as their input, 224 px).
+            as wide as their input, 224 px). The model takes images [B, 3, 32, 32] or [B, 3, 224, 224]
+            in the parameters' dtype (``input_shape``, checked by forward and infer: the classifiers'
+            fixed pooling leaves their Linear 1x1 only near that size). Where the scales leave the
+            classifiers other than 1x1 at that size (not 3 CIFAR or 4 ImageNet scales), the size is free.
         backend: sets the compute path of every ConvBNReLU / BottleneckConv and the gate ops of
             :meth:`infer` (see :mod:`eexit.nn.execution`); "reference" runs everything in plain PyTorch.
 
@@ -408,6 +433,9 @@ class MSDNet(EarlyExitModel):
             c_last = n_in * gr_factor[-1]
             hidden = 128 if dataset == "cifar" else c_last
             self.classifier.append(MSDClassifier(c_last, hidden, num_classes, backend))
+        size = IMAGE_SIZE[dataset]
+        fixed = size if classifier_takes(coarsest_size(size, dataset, self.n_scales)) else None
+        self.declare_input((3, fixed, fixed), "parameters", f"MSDNet ({DATASET_NAMES[dataset]})")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -440,12 +468,13 @@ class MSDNet(EarlyExitModel):
                       map_location: Union[str, torch.device] = "cpu", **config: Any) -> "MSDNet":
         """Builds an MSDNet and loads weights saved by the official code; returns it in eval mode.
 
-        source: a path to a file saved by the official ``main.py`` (``{'state_dict': ..., 'epoch': ...,
-            'best_prec1': ..., 'optimizer': ...}``, keys prefixed ``module.``; read with
+        source: a path to a file saved by the official ``main.py`` (a dict of ``state_dict``, ``epoch``,
+            ``best_prec1`` and ``optimizer``, keys prefixed ``module.``; read with
             ``torch.load(weights_only=True)``), such a dict, or a bare state_dict.
-        preset: a name in :data:`PRESETS` ('cifar_anytime', 'cifar_budgeted', 'imagenet_step4',
+        preset: a name in ``PRESETS`` ('cifar_anytime', 'cifar_budgeted', 'imagenet_step4',
             'imagenet_step6', 'imagenet_step7'); ``config`` then holds that preset's keyword arguments
             (num_classes, backend). Without a preset ``config`` is the :class:`MSDNet` constructor's.
+
         Mismatches raise ValueError (see :meth:`load_official_state_dict`).
         """
         if isinstance(source, (str, os.PathLike)):

@@ -3,16 +3,30 @@ from __future__ import annotations
 
 import difflib
 import operator
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from eexit import ops, reference
+from eexit._checks import PARAMETERS, check_input_spec, check_model_input
 from eexit.nn.execution import BACKENDS, check_backend, check_gate_ops, set_backend
 from eexit.nn.graph_cuts import BYPASS, cut_stages
 from eexit.nn.heads import TOKEN_POOLS, CutExit, default_head
 from eexit.runner import EarlyExitOutput, Thresholds, run_all_exits, run_early_exit
+
+
+def _first_parameter(module: nn.Module) -> Optional[nn.Parameter]:
+    """``next(module.parameters(), None)`` (the first stage's first parameter, as modules register
+    stages first), at a sixth of its cost: it runs on every forward and infer."""
+    for p in module._parameters.values():
+        if p is not None:
+            return p
+    for child in module._modules.values():
+        p = None if child is None else _first_parameter(child)
+        if p is not None:
+            return p
+    return None
 
 
 class EarlyExitModel(nn.Module):
@@ -25,13 +39,42 @@ class EarlyExitModel(nn.Module):
     gate ops named by ``gate_ops``: "fused" (:mod:`eexit.ops`) or "reference" (:mod:`eexit.reference`).
     ``backend`` (constructor, :meth:`set_backend`) sets gate_ops and the compute path of every eexit
     module inside (:mod:`eexit.nn.execution`).
+
+    Both check ``x`` first (:meth:`check_input`) against what the model declares it takes:
+    ``input_shape`` (per sample, without the batch dimension: an int where the size is fixed, None
+    where any size goes; None: not known), ``input_dtype`` (None: floating input must have the
+    parameters' dtype, other dtypes pass; ``"parameters"``: the parameters' dtype whatever x is; or a
+    torch.dtype) and ``display_name`` (how messages name the model; default the class name).
     """
+
+    input_shape: Optional[Tuple[Optional[int], ...]] = None
+    input_dtype: Union[None, str, torch.dtype] = None
+    display_name: Optional[str] = None
 
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
         self.gate_ops = BACKENDS[check_backend(backend)][1]
         self.compiled_parts: Optional[Tuple[list, list]] = None  # set by eexit.compile
         self.compile_seconds: Optional[float] = None
+
+    def declare_input(self, shape: Optional[Sequence[Optional[int]]] = None,
+                      dtype: Union[None, str, torch.dtype] = None, name: Optional[str] = None) -> None:
+        """Sets ``input_shape`` (per sample; a tuple of ints >= 1 or None for any size, or None),
+        ``input_dtype`` and ``display_name`` (see the class docstring); ValueError for a bad one."""
+        check_input_spec(shape, dtype)
+        self.input_shape = None if shape is None else tuple(shape)
+        self.input_dtype = dtype
+        self.display_name = name
+
+    def check_input(self, x) -> None:
+        """What ``forward`` and ``infer`` do first, before anything runs: TypeError unless x is a
+        tensor (or, when ``input_shape`` is not known, a non-empty list/tuple of tensors: a
+        multi-scale input), ValueError when its shape is not ``[B, *input_shape]`` (a single tensor
+        then) or its device is not the parameters', TypeError when its dtype is not the one declared
+        (``input_dtype``; floating input always needs the parameters' dtype, except under autocast).
+        Reads metadata only: no tensor op, no device sync."""
+        check_model_input(x, f"this {self.display_name or type(self).__name__}", self.input_shape,
+                          self.input_dtype, _first_parameter(self))
 
     def running_stages(self) -> Tuple[list, list]:
         """(stages, exits) as forward and infer run them: the compiled ones after
@@ -46,27 +89,45 @@ class EarlyExitModel(nn.Module):
         return f"gate_ops={self.gate_ops!r}"
 
     def exit_stages(self) -> Tuple[List[nn.Module], List[nn.Module]]:
+        """(stages, exits), as many of each; see the class docstring."""
         raise NotImplementedError
 
     def forward(self, x) -> List[torch.Tensor]:
+        self.check_input(x)
         return run_all_exits(*self.running_stages(), x)
 
     @torch.no_grad()
     def infer(self, x, thresholds: Thresholds, criterion: str = "confidence") -> EarlyExitOutput:
         """Real early exit; ``thresholds`` one per exit or one for all (the last exit takes
-        everyone left). Call ``.eval()`` first: in train mode BatchNorm mixes samples."""
+        everyone left). Needs eval mode (RuntimeError otherwise: in train mode BatchNorm would mix
+        the samples of the batch and update its running statistics); x is checked as in
+        :meth:`check_input`. A refused call changes nothing."""
+        if self.training:
+            raise RuntimeError("infer needs eval mode: call model.eval() first; in train mode BatchNorm would mix "
+                               "samples and update its statistics")
+        self.check_input(x)
         stages, exits = self.running_stages()
         gate = {"fused": ops, "reference": reference}[check_gate_ops(self.gate_ops)]
         return run_early_exit(stages, exits, x, thresholds, criterion, gate=gate)
 
 
 class EarlyExitNetwork(EarlyExitModel):
-    """An :class:`EarlyExitModel` from explicit lists of stages and exits (any nn.Modules)."""
+    """An :class:`EarlyExitModel` from explicit lists of stages and exits (any nn.Modules).
 
-    def __init__(self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], backend: str = "auto") -> None:
+    What the first stage takes is not known unless declared (see :class:`EarlyExitModel`):
+    ``input_shape`` per sample, e.g. ``(3, None, None)`` for 3-channel images of any size or
+    ``(3, 32, 32)``; ``input_dtype`` (e.g. ``torch.int64`` for token ids); ``display_name`` for
+    messages. Undeclared, forward and infer take a tensor or a non-empty list/tuple of tensors
+    (a multi-scale input) with the samples on dim 0, floating ones in the parameters' dtype.
+    """
+
+    def __init__(self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], backend: str = "auto", *,
+                 input_shape: Optional[Sequence[Optional[int]]] = None,
+                 input_dtype: Union[None, str, torch.dtype] = None, display_name: Optional[str] = None) -> None:
         super().__init__(backend)
         if len(stages) != len(exits) or not stages:
             raise ValueError(f"stages and exits must be non-empty and as many, got {len(stages)} and {len(exits)}")
+        self.declare_input(input_shape, input_dtype, display_name)
         self.stages = nn.ModuleList(stages)
         self.exits = nn.ModuleList(exits)
 
@@ -133,6 +194,17 @@ def _check_same(net: "EarlyExitNetwork", model: nn.Module, x: torch.Tensor, afte
                          f"cut {after[-1]!r} (on example_input); {BYPASS}")
 
 
+def _example_spec(model: nn.Module, example: torch.Tensor) -> dict:
+    """What the network declares it takes, from example_input: its rank, and for floating input its
+    channels (dim 1) in the parameters' dtype; other sizes stay free (whether the model fixes them is
+    not worked out). Non-floating input (token ids [B, L]) keeps its dtype, and dim 1 (a length) is free."""
+    shape: List[Optional[int]] = [None] * (example.dim() - 1)
+    if example.is_floating_point() and shape:
+        shape[0] = example.shape[1]
+    return dict(input_shape=tuple(shape), input_dtype=PARAMETERS if example.is_floating_point() else example.dtype,
+                display_name=f"{type(model).__name__} with exits")
+
+
 def attach_exits(model: nn.Module, after: Sequence[str], num_classes: int, example_input: torch.Tensor,
                  head: Optional[Callable[[torch.Tensor, int], nn.Module]] = None,
                  tokens: str = "cls") -> EarlyExitNetwork:
@@ -152,7 +224,10 @@ def attach_exits(model: nn.Module, after: Sequence[str], num_classes: int, examp
 
     The result is checked before it is returned: in eval mode and without grad, example_input runs
     through the network and the model, and ValueError names the cut where they differ beyond float
-    rounding. Every module's training flag is left as it was. Models torch.fx cannot trace, and
+    rounding. Every module's training flag is left as it was. The network declares the input it takes
+    (see :class:`EarlyExitModel`) from example_input: its rank and, for floating input, its channels
+    (dim 1) and the parameters' dtype; other sizes are free (a non-floating example keeps its dtype
+    and leaves dim 1 free). Models torch.fx cannot trace, and
     values crossing a cut that are not per-sample tensors, are refused with ValueError (then build
     :class:`EarlyExitNetwork` from your own stages and exits).
     """
@@ -185,7 +260,7 @@ def attach_exits(model: nn.Module, after: Sequence[str], num_classes: int, examp
                     if not isinstance(e, nn.Module):
                         raise ValueError(f"head must return an nn.Module, returned a {type(e).__name__}")
                 exits.append(CutExit(e.to(f.device)))
-            net = EarlyExitNetwork(stages, exits + [nn.Identity()]).eval()
+            net = EarlyExitNetwork(stages, exits + [nn.Identity()], **_example_spec(model, example_input)).eval()
             _check_same(net, model, x, after, features, num_classes)
     finally:
         for m, mode in modes.items():
