@@ -8,17 +8,17 @@ A checkpoint is a ``torch.save`` dict:
 * ``train``: the training configuration; ``epoch``: epochs completed; ``history``: per-epoch records;
 * ``state_dict`` (the model's), ``optimizer``, ``scheduler``: what resuming needs.
 
-Thresholds chosen by ``eexit calibrate`` go next to the checkpoint, in a JSON file
-(:func:`thresholds_path`).
+Thresholds chosen by ``eexit calibrate`` go next to the checkpoint, in a JSON file named after it
+without its last extension (:func:`thresholds_path`: ``runs/msdnet.pt`` ->
+``runs/msdnet.thresholds.json``), one threshold per exit in every point (the last exit takes
+everyone left: its threshold is unused), as ``--thresholds`` and ``model.infer`` take them.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from eexit.app import zoo
-from eexit.models.state_dict import mismatch_report
+from eexit.models.state_dict import mismatch_report, read_torch
 
 FORMAT = "eexit-checkpoint-1"
 PathLike = Union[str, os.PathLike]
@@ -58,31 +58,20 @@ def save(checkpoint: Dict[str, Any], path: PathLike) -> None:
     atomic_write(path, lambda f: torch.save({**checkpoint, "format": FORMAT}, f))
 
 
-def read_torch(path: PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU (any torch checkpoint, e.g. the official
-    MSDNet code's); ValueError naming the file when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, IndexError,
-            KeyError) as err:  # garbage makes the weights-only unpickler raise any of these
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
-
-
+#: what ``eexit eval``, ``calibrate`` and ``bench`` take as --checkpoint (and ``train`` writes)
+EEXIT_CHECKPOINT = "a checkpoint written by eexit train"
 def load(path: PathLike) -> Dict[str, Any]:
     """Reads a checkpoint written by :func:`save` onto the CPU; ValueError naming the file when it
     is missing, unreadable, or not an eexit checkpoint."""
-    ckpt = read_torch(path)
+    ckpt = read_torch(path, EEXIT_CHECKPOINT)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = " (a checkpoint of the official MSDNet code? use --official)" if isinstance(ckpt, dict) and \
             "state_dict" in ckpt else ""
-        raise ValueError(f"checkpoint {path} is not an eexit checkpoint{hint}")
+        raise ValueError(f"checkpoint {path} is a torch file but not an eexit checkpoint{hint}; expected "
+                         f"{EEXIT_CHECKPOINT}")
     missing = [k for k in ("model", "num_classes", "data", "state_dict") if k not in ckpt]
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {missing}")
+        raise ValueError(f"checkpoint {path} lacks {missing}; expected {EEXIT_CHECKPOINT}")
     return ckpt
 
 

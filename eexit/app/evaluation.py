@@ -4,7 +4,7 @@ accuracy and the wall-clock of real early exit."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from eexit.app.data.transforms import to_model_input
 from eexit.app.progress import bar
 from eexit.nn import restoring_backends, set_backend
 from eexit.runner import run_all_exits, run_full_network, simulate_early_exit
-from eexit.timing import interleaved_medians
+from eexit.timing import interleaved_spreads
 
 
 class InputSpec(NamedTuple):
@@ -107,41 +107,89 @@ def sweep_grid(scores: torch.Tensor, criterion: str, max_combinations: int = 200
             for s in scores[:-1]]
 
 
+#: how far the sum of --exit-fractions may be from 1
+FRACTIONS_TOLERANCE = 1e-3
+
+
+def check_exit_fractions(fractions: Sequence[float], n_exits: int) -> List[float]:
+    """``fractions`` as floats when they are ``--exit-fractions`` of a model with ``n_exits`` exits:
+    one per exit (the last one included: what no earlier exit takes leaves there), each in [0, 1],
+    summing to 1 (within :data:`FRACTIONS_TOLERANCE`); ValueError saying what is wrong otherwise."""
+    values = [float(f) for f in fractions]
+    if len(values) != n_exits:
+        raise ValueError(f"--exit-fractions: expected one per exit ({n_exits}, the last one included), "
+                         f"got {len(values)}")
+    if not all(0.0 <= f <= 1.0 for f in values):
+        raise ValueError(f"--exit-fractions: each must be in [0, 1], got {' '.join(f'{f:g}' for f in values)}")
+    if abs(sum(values) - 1.0) > FRACTIONS_TOLERANCE:
+        raise ValueError(f"--exit-fractions: they must sum to 1 (every sample leaves somewhere), got "
+                         f"{' '.join(f'{f:g}' for f in values)} = {sum(values):g}")
+    return values
+
+
+@torch.inference_mode()
+def batch_thresholds(model: nn.Module, x: torch.Tensor, fractions: Sequence[float], criterion: str) -> List[float]:
+    """Thresholds (one per exit) under which about ``fractions[k]`` of batch ``x`` leaves at exit k:
+    :func:`eexit.calibrate.budgeted_thresholds` on the scores of every exit's logits of ``x``."""
+    logits = model.eval()(x)
+    fractions = check_exit_fractions(fractions, len(logits))
+    return calibrate.budgeted_thresholds(exit_scores([z.float() for z in logits], criterion), fractions, criterion)
+
+
+def budget_targets(costs: Costs, budgets: Sequence[float] = (),
+                   budget_mflops: Sequence[float] = ()) -> List[Tuple[str, float]]:
+    """(point name, mean multiply-adds per sample) of each budget (a fraction of the full network's
+    cost, or MFLOPs); ValueError when one is outside what the exits allow."""
+    lo, hi = costs.actual[0], costs.actual[-1]
+    targets = [(f"budget {b:g}", b * costs.full, f"{b:g} x the full network") for b in budgets]
+    targets += [(f"budget {m:g} MFLOPs", m * 1e6, f"{m:g} MFLOPs") for m in budget_mflops]
+    for _, target, what in targets:
+        if not lo <= target <= hi:
+            raise ValueError(f"budget {what} = {target / 1e6:.4g} MFLOPs per sample is outside what the exits "
+                             f"allow: [{lo / 1e6:.4g}, {hi / 1e6:.4g}] MFLOPs ({lo / costs.full:.3f} to "
+                             f"{hi / costs.full:.3f} x the full network)")
+    return [(name, target) for name, target, _ in targets]
+
+
+def check_calibration(costs: Costs, budgets: Sequence[float] = (), budget_mflops: Sequence[float] = (),
+                      exit_fractions: Optional[Sequence[float]] = None, accuracy_drops: Sequence[float] = ()) -> None:
+    """What :func:`calibrate_points` is asked for, checked before any logits are computed: at least
+    one point, budgets the exits allow, exit fractions one per exit summing to 1, drops >= 0."""
+    if not (budgets or budget_mflops or exit_fractions is not None or accuracy_drops):
+        raise ValueError("give at least one of --budget, --budget-mflops, --exit-fractions, --accuracy-drop")
+    budget_targets(costs, budgets, budget_mflops)
+    if exit_fractions is not None:
+        check_exit_fractions(exit_fractions, len(costs.actual))
+    for d in accuracy_drops:
+        if not (d >= 0 and math.isfinite(d)):
+            raise ValueError(f"--accuracy-drop must be >= 0 points, got {d}")
+
+
 def calibrate_points(logits: torch.Tensor, labels: torch.Tensor, costs: Costs, criterion: str,
                      budgets: Sequence[float] = (), budget_mflops: Sequence[float] = (),
                      exit_fractions: Optional[Sequence[float]] = None,
                      accuracy_drops: Sequence[float] = ()) -> List[Dict[str, object]]:
     """Operating points from validation logits [K, N, C]: ``{name, method, thresholds, val}``, where
-    ``val`` is :func:`operating_point` on that split."""
+    ``thresholds`` has one value per exit (the last one unused) and ``val`` is :func:`operating_point`
+    on that split. What is asked for is checked first (:func:`check_calibration`)."""
+    check_calibration(costs, budgets, budget_mflops, exit_fractions, accuracy_drops)
     scores = exit_scores(logits, criterion)
     found = []
-    lo, hi = costs.actual[0], costs.actual[-1]
-    targets = [(f"budget {b:g}", b * costs.full, f"{b:g} x the full network") for b in budgets]
-    targets += [(f"budget {m:g} MFLOPs", m * 1e6, f"{m:g} MFLOPs") for m in budget_mflops]
-    for name, target, what in targets:
-        if not lo <= target <= hi:
-            raise ValueError(f"budget {what} = {target / 1e6:.4g} MFLOPs per sample is outside what the exits "
-                             f"allow: [{lo / 1e6:.4g}, {hi / 1e6:.4g}] MFLOPs ({lo / costs.full:.3f} to "
-                             f"{hi / costs.full:.3f} x the full network)")
+    for name, target in budget_targets(costs, budgets, budget_mflops):
         fractions = calibrate.fractions_for_cost(costs.actual, target)
         found.append((name, "budget", calibrate.budgeted_thresholds(scores, fractions, criterion)))
     if exit_fractions is not None:
-        if len(exit_fractions) != scores.shape[0]:
-            raise ValueError(f"--exit-fractions: expected one per exit ({scores.shape[0]}), got {len(exit_fractions)}")
         found.append(("exit fractions", "fractions",
-                      calibrate.budgeted_thresholds(scores, list(exit_fractions), criterion)))
+                      calibrate.budgeted_thresholds(scores, check_exit_fractions(exit_fractions, scores.shape[0]),
+                                                    criterion)))
     if accuracy_drops:
         correct = logits.argmax(2) == labels
         front = calibrate.threshold_sweep(scores, correct, costs.actual, sweep_grid(scores, criterion), criterion,
                                           progress=lambda it: bar(it, desc="threshold sweep"))
         full = float(correct[-1].double().mean())
         for d in accuracy_drops:
-            if not (d >= 0 and math.isfinite(d)):
-                raise ValueError(f"--accuracy-drop must be >= 0 points, got {d}")
             found.append((f"accuracy drop {d:g}", "pareto",
                           list(calibrate.pick(front, d / 100, baseline=full).thresholds)))
-    if not found:
-        raise ValueError("give at least one of --budget, --budget-mflops, --exit-fractions, --accuracy-drop")
     return [dict(name=name, method=method, thresholds=thr,
                  val=operating_point(logits, labels, thr, criterion, costs)) for name, method, thr in found]
 
@@ -168,8 +216,10 @@ def time_model(model: nn.Module, x: torch.Tensor, thresholds: Sequence[Sequence[
     reported as ``compile_s``); the runs of one backend are interleaved so that machine drift hits
     them alike.
 
-    Returns ``{backend: {"full_ms": m, "simulate_ms": m, "infer_ms": [m per thresholds]}}``.
-    The model's settings, and whether it runs compiled, are restored afterwards.
+    Returns ``{backend: {"full_ms": m, "simulate_ms": m, "infer_ms": [m per thresholds], "spread":
+    {"full": s, "simulate": s, "infer": [s per thresholds]}}}``, each ``s`` the fastest, median and
+    slowest ms of the ``reps`` runs (:class:`eexit.timing.Spread` as a dict: min_ms, median_ms,
+    max_ms, reps). The model's settings, and whether it runs compiled, are restored afterwards.
     """
     model.eval()
     result = {}
@@ -187,10 +237,14 @@ def time_model(model: nn.Module, x: torch.Tensor, thresholds: Sequence[Sequence[
                 runs = {"full_ms": lambda: run_full_network(stages, exits, x),
                         "simulate_ms": lambda: run_all_exits(stages, exits, x)}
                 runs.update({i: (lambda t=t: model.infer(x, t, criterion)) for i, t in enumerate(thresholds)})
-                med = interleaved_medians(runs, reps, x.device,
-                                          progress=lambda it: bar(it, desc=f"timing ({backend})"))
-                result[backend] = dict(full_ms=med["full_ms"], simulate_ms=med["simulate_ms"],
-                                       infer_ms=[med[i] for i in range(len(thresholds))], **extra)
+                spreads = interleaved_spreads(runs, reps, x.device,
+                                              progress=lambda it: bar(it, desc=f"timing ({backend})"))
+                infer = range(len(thresholds))
+                result[backend] = dict(
+                    full_ms=spreads["full_ms"].median_ms, simulate_ms=spreads["simulate_ms"].median_ms,
+                    infer_ms=[spreads[i].median_ms for i in infer],
+                    spread=dict(full=spreads["full_ms"]._asdict(), simulate=spreads["simulate_ms"]._asdict(),
+                                infer=[spreads[i]._asdict() for i in infer]), **extra)
     finally:
         model.compiled_parts = compiled_parts
     return result

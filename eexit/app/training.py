@@ -142,7 +142,7 @@ def read_init(path: str) -> Dict[str, torch.Tensor]:
     without DataParallel's ``module.`` prefix; ValueError naming the file when it is missing, not a
     torch checkpoint, or holds no tensors."""
     try:
-        obj = checkpoint.read_torch(path)
+        obj = checkpoint.read_torch(path, "a torch file holding a state_dict (torch.save(model.state_dict(), FILE))")
     except ValueError as err:
         raise ValueError(f"--init-from: {err}") from None
     if isinstance(obj, dict):

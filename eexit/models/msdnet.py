@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from eexit._layout import memory_format_of
-from eexit.models.state_dict import mismatch_report
+from eexit.models.state_dict import mismatch_report, read_torch
 from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel
 
 Features = List[torch.Tensor]
@@ -478,7 +478,8 @@ class MSDNet(EarlyExitModel):
         Mismatches raise ValueError (see :meth:`load_official_state_dict`).
         """
         if isinstance(source, (str, os.PathLike)):
-            source = torch.load(source, map_location=map_location, weights_only=True)
+            source = read_torch(source, "a torch file saved by the official MSDNet code (e.g. model_best.pth.tar) "
+                                "or a state_dict", map_location)
         if not isinstance(source, Mapping):
             raise ValueError(f"MSDNet.load_official: expected a state_dict or a checkpoint dict, "
                              f"got {type(source).__name__}")

@@ -47,11 +47,11 @@ def test_save_load_round_trip(tmp_path):
 
 def test_load_errors_name_the_file(tmp_path):
     missing = tmp_path / "nope.pt"
-    with pytest.raises(ValueError, match=f"{missing} does not exist"):
+    with pytest.raises(ValueError, match=f"{missing} does not exist; expected a checkpoint written by eexit train"):
         checkpoint.load(missing)
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(300))
-    with pytest.raises(ValueError, match="garbage.pt is corrupt"):
+    garbage.write_bytes(b"\x01" + os.urandom(300))
+    with pytest.raises(ValueError, match="garbage.pt is not a torch file"):
         checkpoint.load(garbage)
     good = tmp_path / "good.pt"
     checkpoint.save(lenet_checkpoint(new_seed()), good)

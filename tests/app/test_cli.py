@@ -54,6 +54,11 @@ def test_demo_end_to_end(tmp_path):
         assert m["timing"]["fused"]["full_ms"] > 0 and m["timing"]["reference"]["simulate_ms"] > 0
         assert checkpoint.load_thresholds(tmp_path / f"{m['model']}.pt")["points"][0]["thresholds"]
     assert demo["targets"][0]["model"] == "msdnet-digits" and isinstance(demo["targets"][0]["met"], bool)
+    printed = [line.split(": ", 1) for line in out.splitlines() if line.startswith("  accuracy drop 0.5: ")]
+    assert [len(values.split()) for _, values in printed] == [4, 2], "one threshold per exit, the last one too"
+    for (_, values), m in zip(printed, demo["models"]):
+        point = next(p for p in m["points"] if p["name"] == "accuracy drop 0.5")
+        assert [float(v) for v in values.split()] == pytest.approx([float(t) for t in point["thresholds"]], rel=1e-6)
 
 
 def test_train_calibrate_eval_bench(tmp_path):
@@ -168,8 +173,8 @@ def test_user_errors_have_no_traceback(tmp_path, capsys):
         (["train", "--model", "b-lenet", "--data", "digits", "--device", "cuda:3", "--out", tmp_path / "x.pt"],
          "--device cuda:3"),
         (["train", "--model", "b-lenet", "--data", "digits", "--out", lenet], "exists: pass --resume"),
-        (["eval", "--checkpoint", garbage], "is corrupt"),
-        (["eval", "--checkpoint", tmp_path / "missing.pt"], "does not exist"),
+        (["eval", "--checkpoint", garbage], f"checkpoint {garbage} is not a torch file"),
+        (["eval", "--checkpoint", tmp_path / "missing.pt"], "does not exist; expected a checkpoint written by eexit"),
         (["eval", "--checkpoint", wrong], "does not match model 'b-alexnet'"),
         (["eval", "--checkpoint", lenet, "--thresholds", 0.5, 0.5, 0.5], "expected one per exit (2), got 3"),
         (["eval", "--checkpoint", lenet, "--thresholds", 1.5], "must be in [0, 1]"),

@@ -184,7 +184,8 @@ def test_init_from_errors_name_the_file_and_the_keys(tmp_path):
         r"unknown.pth does not fit the ResNet backbone \(expected: torchvision's resnet18 state_dict.*\): "
         r"1 unexpected keys: head.weight \(got \(3,\)\)")
     bad("timm_mobilenet.pth", {"conv_stem.weight": torch.zeros(16, 3, 3, 3)}, "unexpected keys: conv_stem.weight")
-    bad("notes.txt", b"these are not weights\n", "notes.txt is corrupt or not a torch checkpoint")
+    bad("notes.txt", b"these are not weights\n",
+        "notes.txt is not a torch file.*expected a torch file holding a state_dict")
     bad("missing.pth", None, "missing.pth does not exist")
     bad("no_tensors.pt", {"epoch": 3, "arch": "resnet18"}, "no_tensors.pt holds no tensors")
     bad("a_list.pt", [1, 2, 3], "a_list.pt holds no tensors")
@@ -196,7 +197,7 @@ def test_init_from_errors_on_the_command_line(tmp_path, capsys):
     renamed = tmp_path / "renamed.pt"
     torch.save({"trunk." + k: v for k, v in zoo.build("b-lenet", 10).state_dict().items()}, renamed)
     base = ["train", "--model", "b-lenet", "--data", "digits", "--out", str(tmp_path / "x.pt")]
-    cases = ((["--init-from", str(text)], f"--init-from: checkpoint {text} is corrupt"),
+    cases = ((["--init-from", str(text)], f"--init-from: checkpoint {text} is not a torch file"),
              (["--init-from", str(tmp_path / "nope.pt")], "nope.pt does not exist"),
              (["--init-from", str(renamed)], f"--init-from: {renamed} does not fit the model: 14 unexpected keys"),
              (["--distill-weight", "-1"], "--distill-weight must be a finite number >= 0"),

@@ -344,3 +344,13 @@ def test_preset_validation():
 # ----------------------------------------------------------------------------------------------
 # FLOPs
 # ----------------------------------------------------------------------------------------------
+
+
+def test_load_official_names_a_bad_file(tmp_path):
+    text = tmp_path / "text.pt"
+    text.write_text("hello\n")
+    with pytest.raises(ValueError, match=r"^checkpoint .*text.pt is not a torch file .*expected a torch file saved "
+                                         r"by the official MSDNet code"):
+        MSDNet.load_official(text, preset="cifar_anytime")
+    with pytest.raises(ValueError, match=r"is a folder, not a file"):
+        MSDNet.load_official(tmp_path, preset="cifar_anytime")

@@ -3,9 +3,16 @@ importing another; what they share is in :mod:`eexit.app.cli.common` and the res
 :mod:`eexit.app`), each with ``add_parser(subparsers)`` registering its options and a ``run(args)``
 function.
 
-User mistakes (a missing data folder, a corrupt checkpoint, an unknown model, thresholds that do
-not fit, a device that is not there) end with a one-line message and exit status 2, no traceback;
-an interrupted command ends with status 130.
+User mistakes (a missing data folder, a checkpoint that is missing, a folder, not a torch file or
+truncated, an unknown model, thresholds that do not fit, a device that is not there) end with a
+one-line message naming what is wrong (a file: its path and what was expected there) and exit
+status 2, no traceback; an interrupted command ends with status 130.
+
+Thresholds follow one convention everywhere: one per exit, the last exit's included (the last exit
+takes everyone left, so its value is unused), in ``--thresholds``, in the thresholds file that
+``eexit calibrate`` writes next to a checkpoint (``runs/msdnet.pt`` -> ``runs/msdnet.thresholds.json``)
+and in every table the commands print, which paste back into ``--thresholds`` and, as a list of
+floats, into ``model.infer(x, thresholds=...)``.
 """
 from __future__ import annotations
 
@@ -37,7 +44,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.run(args)
     except (ValueError, OSError, ModuleNotFoundError) as err:
-        parser.exit(2, f"eexit {args.command}: error: {err}\n")
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+        parser.exit(2, f"eexit {args.command}: error: {message}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"eexit {args.command}: interrupted\n")
     return 0

@@ -10,15 +10,22 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import torch
 
-from eexit import ops
+from eexit import ops, timing
 from eexit.app import checkpoint
-from eexit.app.cli.common import common_options, fmt_threshold, subject_from_checkpoint, table
+from eexit.app.cli.common import (
+    HelpFormatter,
+    common_options,
+    subject_from_checkpoint,
+    table,
+    thresholds_lines,
+)
 from eexit.app.devices import resolve_device
 from eexit.app.evaluation import (
     calibrate_points,
@@ -44,21 +51,25 @@ TARGET_COST, TARGET_SPEEDUP = 0.6, 1.5
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "demo", parents=[common_options()], help=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "demo", parents=[common_options()], help=HELP, formatter_class=HelpFormatter,
         description="On scikit-learn's handwritten digits (1797 real 8x8 images shipped inside the package, "
         "resized to each model's input: 32x32 RGB for MSDNet, 28x28 grey for B-LeNet; split 60/20/20 into "
-        "train/validation/test), trains a small MSDNet (msdnet-digits) and a B-LeNet on the CPU, calibrates "
+        "train/validation/test), trains a small MSDNet (msdnet-digits) and a B-LeNet on --device, calibrates "
         "per-exit thresholds on the validation split (budgets from the first exit's cost to the full "
         "network's, and the cheapest point within 0.5 accuracy points of the full network), then on the test "
         "split prints a table per model: accuracy, exits per stage, expected cost (MFLOPs per sample, the "
         "official MSDNet counter's convention and what real early exit pays) and the measured throughput of "
-        "model.infer vs the full network, fused vs reference backend. Writes the checkpoints, "
-        "<checkpoint>.thresholds.json, demo.json (every figure) and demo.png (accuracy vs cost and vs time) "
-        "to --out-dir. About 2 to 3 minutes on 2 CPU cores.")
+        "model.infer vs the full network, fused vs reference backend, and each operating point's thresholds, "
+        "one per exit as --thresholds of eval and bench takes them. Writes to --out-dir the checkpoints "
+        "msdnet-digits.pt and b-lenet.pt, their thresholds files msdnet-digits.thresholds.json and "
+        "b-lenet.thresholds.json (named after the checkpoint without its extension, as eexit calibrate "
+        "writes them), demo.json (every figure) and demo.png (accuracy vs cost and vs time). About 2 to 3 "
+        "minutes on 2 CPU cores.")
     p.add_argument("--out-dir", type=Path, default=Path("demo-output"), help="where the outputs go")
     p.add_argument("--msdnet-epochs", type=int, default=12, help="training epochs of the MSDNet")
     p.add_argument("--lenet-epochs", type=int, default=15, help="training epochs of the B-LeNet")
-    p.add_argument("--reps", type=int, default=9, help="timed runs of each measurement (median reported)")
+    p.add_argument("--reps", type=int, default=9,
+                   help="timed runs of each measurement (the median is reported; a warning when they vary over 1.5x)")
     p.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence", help="exit rule")
     p.add_argument("--seed", type=int, default=0, help="seed of the data split, the initialisation and training")
     p.set_defaults(run=run)
@@ -89,15 +100,19 @@ def evaluate_model(name: str, ckpt_path: Path, trained: Dict[str, object], args:
         p["test"]["infer_accuracy"] = infer_accuracy(model, splits.test, spec, p["thresholds"], args.criterion, 512,
                                                      device)
     x = torch.cat([b for b, _ in model_inputs(splits.test, spec, len(splits.test), device)])
-    timing = time_model(model, x, [p["thresholds"] for p in points], args.criterion, ("fused", "reference"), args.reps)
+    times = time_model(model, x, [p["thresholds"] for p in points], args.criterion, ("fused", "reference"), args.reps)
     for i, p in enumerate(points):
         p["timing"] = {b: dict(infer_ms=t["infer_ms"][i], speedup_vs_full=t["full_ms"] / t["infer_ms"][i])
-                       for b, t in timing.items()}
+                       for b, t in times.items()}
+    spreads = {f"{what}, {b}": timing.Spread(**s) for b, t in times.items()
+               for what, s in [("full network", t["spread"]["full"]), ("every exit", t["spread"]["simulate"])]
+               + [(f"infer @ {p['name']}", s) for p, s in zip(points, t["spread"]["infer"])]}
     return dict(model=name, checkpoint=str(ckpt_path), epochs=trained["epoch"], history=trained["history"],
                 costs=costs._asdict(), val_exit_accuracy=val_acc,
                 test_exit_accuracy=per_exit_accuracy(test_logits, test_labels), samples_timed=len(x),
-                timing={b: dict(full_ms=t["full_ms"], simulate_ms=t["simulate_ms"]) for b, t in timing.items()},
-                points=points, operating_point=f"accuracy drop {ACCURACY_DROP:g}")
+                timing={b: dict(full_ms=t["full_ms"], simulate_ms=t["simulate_ms"], spread=t["spread"])
+                        for b, t in times.items()},
+                points=points, operating_point=f"accuracy drop {ACCURACY_DROP:g}", noisy=timing.noisy_warning(spreads))
 
 
 def mflops(v) -> str:
@@ -123,8 +138,7 @@ def report(r: Dict[str, object]) -> str:
                      f"{p['timing']['fused']['speedup_vs_full']:.2f}x"])
     lines.append(table(["operating point", "test acc %", "exits per stage", "MFLOPs official", "MFLOPs actual",
                         "of full", "infer/s fused", "infer/s ref", "fused vs full"], rows))
-    lines.append("thresholds: " + "; ".join(f"{p['name']}: " + " ".join(fmt_threshold(v) for v in p["thresholds"][:-1])
-                                           for p in r["points"]))
+    lines.append(thresholds_lines([(p["name"], p["thresholds"]) for p in r["points"]]))
     return "\n".join(lines)
 
 
@@ -161,6 +175,8 @@ def run(args: argparse.Namespace) -> None:
         results.append(r)
         print()
         print(report(r))
+        if r["noisy"]:
+            print(f"eexit demo: warning: {name}: {r['noisy']}", file=sys.stderr)
         print()
     checks = [target_check(r) for r in results]
     msd = checks[0]
@@ -169,7 +185,7 @@ def run(args: argparse.Namespace) -> None:
           f"infer {msd['speedup']:.2f}x its throughput: {'met' if msd['met'] else 'MISSED'}")
     from eexit.app.plot import budget_plot
 
-    budget_plot(results, args.out_dir / "demo.png")
+    budget_plot(results, args.out_dir / "demo.png", str(device))
     total = time.perf_counter() - start
     checkpoint.save_json(dict(device=str(device), threads=torch.get_num_threads(), machine=platform.processor() or
                               platform.machine(), torch=torch.__version__, seed=args.seed, criterion=args.criterion,

@@ -6,9 +6,13 @@ import argparse
 import eexit
 from eexit.app import checkpoint
 from eexit.app.cli.common import (
+    THRESHOLDS_FILE,
+    HelpFormatter,
     add_subject_options,
+    add_thresholds_options,
     common_options,
     load_subject,
+    n_exits,
     operating_points,
     points_table,
     table,
@@ -27,20 +31,19 @@ HELP = "accuracy and cost per exit and at the calibrated thresholds"
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "eval", parents=[common_options()], help=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "eval", parents=[common_options()], help=HELP, formatter_class=HelpFormatter,
         description="Evaluates a checkpoint on a data split: each exit's accuracy and cost (MFLOPs per sample, "
         "the official MSDNet counter's cumulative figure and what real early exit pays), then, at every "
-        "operating point of <checkpoint>.thresholds.json (eexit calibrate) and at --thresholds, the "
-        "accuracy of real early exit (model.infer), the share of samples leaving at each exit and the mean "
-        "cost. Example: eexit eval --checkpoint runs/msdnet.pt --split test; for a checkpoint of the official "
-        "code: eexit eval --official --checkpoint model_best.pth.tar --model msdnet-cifar-anytime "
-        "--data cifar100 --data-dir ~/data")
+        f"operating point of {THRESHOLDS_FILE}, written by eexit calibrate, and at --thresholds, the "
+        "accuracy of real early exit (model.infer), the share of samples leaving at each exit, the mean "
+        "cost and the thresholds, one per exit as --thresholds takes them. Thresholds are checked before "
+        "anything is evaluated. Example: eexit eval --checkpoint runs/msdnet.pt --split test; with thresholds "
+        "(five for its five exits): eexit eval --checkpoint runs/msdnet.pt --thresholds 0.9 0.9 0.8 0.8 0; for a "
+        "checkpoint of the official code: eexit eval --official --checkpoint model_best.pth.tar --model "
+        "msdnet-cifar-anytime --data cifar100 --data-dir ~/data")
     add_subject_options(p)
     p.add_argument("--split", choices=["test", "val"], default="test", help="data split to evaluate")
-    p.add_argument("--thresholds", type=float, nargs="+", metavar="T",
-                   help="an extra operating point: one threshold per exit, or one for all ('inf': nobody leaves)")
-    p.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence",
-                   help="exit rule of --thresholds (the calibrated points keep their own)")
+    add_thresholds_options(p, "an extra operating point (the calibrated points keep their own criterion)")
     p.add_argument("--compile", action="store_true",
                    help="run the model through eexit.compile (torch.compile per stage and exit, dynamic batch)")
     p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
@@ -49,6 +52,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     subject = load_subject(args)
+    points = operating_points(args, n_exits(subject.model), saved=True)  # before any evaluation work
     dataset = getattr(subject.splits, args.split)
     if args.compile:
         first, _ = next(iter(model_inputs(dataset, subject.spec, args.batch_size, subject.device)))
@@ -63,7 +67,6 @@ def run(args: argparse.Namespace) -> None:
     print(table(["exit", "accuracy %", "MFLOPs (official)", "MFLOPs (actual)"],
                 [[str(k), f"{100 * a:.2f}", "n/a" if costs.official is None else f"{costs.official[k] / 1e6:.3f}",
                   f"{c / 1e6:.3f}"] for k, (a, c) in enumerate(zip(acc, costs.actual))]))
-    points = operating_points(args, logits.shape[0], saved=True)
     for p in points:
         p[args.split] = operating_point(logits, labels, p["thresholds"], p["criterion"], costs)
         p[args.split]["infer_accuracy"] = infer_accuracy(subject.model, dataset, subject.spec, p["thresholds"],

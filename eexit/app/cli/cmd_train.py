@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 
 from eexit.app import data, zoo
-from eexit.app.cli.common import common_options
+from eexit.app.cli.common import HelpFormatter, common_options
 from eexit.app.data.transforms import AUGMENTATIONS
 from eexit.app.training import OPTIMIZERS, SCHEDULES, TrainConfig, train
 
@@ -14,7 +14,7 @@ HELP = "train an early-exit model (joint loss over every exit), resumable, data-
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "train", parents=[common_options()], help=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train", parents=[common_options()], help=HELP, formatter_class=HelpFormatter,
         description="Trains MODEL on DATA with the sum of every exit's cross-entropy (weighted by --exit-weights), "
         "evaluates each exit on the validation split after every epoch and writes the checkpoint --out "
         "atomically after every epoch (a temporary file renamed over it: an interrupted run loses at most the "
