@@ -2,6 +2,7 @@
 on the CPU at tiny sizes, so the script that only runs on lent GPU machines cannot rot."""
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,6 @@ def test_gpu_check_dry_run_writes_the_table(tmp_path):
                   "infer compiled"]
     for contender in contenders:  # a column of every contender: each one ran and was timed
         assert f"| {contender} |" in text, f"no column {contender!r}:\n{text}"
-    assert "3 passed" in text  # the tests step's counts
+    assert re.search(r"\b[1-9][0-9]* passed\b", text) and " failed" not in text  # the tests step's counts
     assert text in proc.stdout  # printed as well
     assert set(results.iterdir()) == before  # a dry run writes nothing into benchmarks/results
