@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 import eexit
-from eexit.calibrate import budgeted_thresholds
+from eexit.calibrate import budgeted_thresholds, geometric_exit_fractions
 from eexit.flops import actual_exit_costs, stage_costs
 from eexit.reference import gate_scores
 from eexit.runner import run_all_exits, run_early_exit, run_full_network
@@ -89,3 +89,12 @@ def record_race(benchmark, net, thresholds, criterion: str, x: torch.Tensor, cos
         benchmark.group = f"{group} batch={x.shape[0]} vs torch.compile"
         record_interleaved(benchmark, runs, rounds, str(x.device), impl="race", model=model, batch=x.shape[0],
                            exit_fractions=fractions, **info, **cost)
+
+
+def geometric_thresholds(net, input_size, criterion: str, r: float = 0.5,
+                         n_cal: int = 512) -> Tuple[List[float], List[float]]:
+    """(thresholds, fractions): :func:`calibrate` on n_cal random inputs [n_cal, *input_size] (on the
+    network's device) to geometric exit fractions (``geometric_exit_fractions(r, n_exits)``)."""
+    fractions = geometric_exit_fractions(r, len(net.exit_stages()[1]))
+    device = next(net.parameters()).device
+    return calibrate(net, torch.randn(n_cal, *input_size, device=device), fractions, criterion), fractions

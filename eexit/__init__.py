@@ -10,7 +10,8 @@ The library, bottom to top: :mod:`eexit.ops` / :mod:`eexit.reference` (exit gate
 kernels, loaded on first use), :mod:`eexit.models` (MSDNet, BranchyNet), :mod:`eexit.runner`
 (the early-exit loop), and :mod:`eexit.calibrate`, :mod:`eexit.flops`, :mod:`eexit.losses`,
 :mod:`eexit.timing`; :func:`eexit.compile` runs a model's stages and exits under ``torch.compile``.
-The command line, training recipe, checkpoints and data sets are the
+``eexit.serve`` (imported on first use: ``eexit.serve`` or ``import eexit.serve``) serves concurrent
+requests with continuous batching per stage. The command line, training recipe, checkpoints and data sets are the
 application, :mod:`eexit.app` (imported on demand: ``import eexit.app``).
 """
 from eexit import calibrate, flops, losses, models, nn, ops, reference, runner, timing
@@ -22,3 +23,13 @@ __all__ = [
     "ExitDecision", "__version__", "calibrate", "compact", "compile", "exit_gate", "flops", "has_extension", "losses",
     "models", "nn", "ops", "reference", "runner", "timing", "uncompile",
 ]
+
+
+def __getattr__(name: str):
+    """``eexit.serve`` (and ``eexit.serve_bench``), imported on first use: they start no thread and
+    cost nothing until then."""
+    if name in ("serve", "serve_bench"):
+        import importlib
+
+        return importlib.import_module(f"eexit.{name}")
+    raise AttributeError(f"module 'eexit' has no attribute {name!r}")
