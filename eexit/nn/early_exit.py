@@ -262,11 +262,9 @@ def attach_exits(model: nn.Module, after: Sequence[str], num_classes: int, examp
                 exits.append(CutExit(e.to(f.device)))
             net = EarlyExitNetwork(stages, exits + [nn.Identity()], **_example_spec(model, example_input)).eval()
             _check_same(net, model, x, after, features, num_classes)
+        net.train(modes[model])  # the heads and stages in the model's mode; its own modules are restored below
     finally:
         for m, mode in modes.items():
             m.training = mode
-    net.train(model.training)
-    for m, mode in modes.items():
-        m.training = mode
     object.__setattr__(net, "backbone", model)  # the model itself, outside the module tree
     return net
