@@ -2,10 +2,11 @@
 
 :func:`conv2d_nhwc` and :func:`bottleneck_nhwc` (module :mod:`eexit.kernels.conv`) are the
 dense-concatenate convolution kernels, run as the ops ``torch.ops.eexit.conv2d_nhwc`` and
-``torch.ops.eexit.bottleneck_nhwc``. Importing this package never requires Triton: the module,
-and with it the ops, is loaded on first access to either function.
+``torch.ops.eexit.bottleneck_nhwc``; :func:`conv_weight` prepares a weight in the layout they
+read fastest. Importing this package never requires Triton: the module, and with it the ops,
+is loaded on first access to any of them.
 """
-__all__ = ["bottleneck_nhwc", "conv2d_nhwc"]
+__all__ = ["bottleneck_nhwc", "conv2d_nhwc", "conv_weight"]
 
 
 def __getattr__(name):

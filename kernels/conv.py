@@ -52,46 +52,93 @@ from eexit._checks import check_bottleneck_args, check_conv_args
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+def _configs(tiles):
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in tiles]
+
+
 if _INTERPRET:
     # Numpy interpreter: every program instance costs ~1 ms, keep tiles small but > 1 per dim.
-    _CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 8, "BLOCK_K": 8}, num_warps=1)]
+    _ALIGNED_CONFIGS = _UNALIGNED_CONFIGS = _IEEE_CONFIGS = _configs([(32, 8, 8, 1, 1)])
 else:
-    _CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in [
-            (128, 128, 32, 8, 3),
-            (128, 64, 32, 4, 3),
-            (64, 128, 32, 4, 3),
-            (64, 64, 32, 4, 4),
-            (128, 32, 32, 4, 4),
-            (64, 32, 64, 4, 3),
-            (32, 32, 64, 2, 4),
-        ]
-    ]
+    # For windows whose rows start 16-byte aligned (vectorised loads and stores).
+    _ALIGNED_CONFIGS = _configs([
+        (128, 128, 32, 8, 3),
+        (128, 64, 32, 4, 3),
+        (64, 128, 32, 4, 3),
+        (64, 64, 32, 4, 4),
+        (128, 32, 32, 4, 4),
+        (64, 32, 64, 4, 3),
+        (32, 32, 64, 2, 4),
+    ])
+    # For the others (MSDNet's odd widths): every element loads through its own 64-bit address,
+    # and tiles with more than 16 accumulators a thread spill (ptxas, sm_80 / sm_90).
+    _UNALIGNED_CONFIGS = _configs([
+        (64, 32, 32, 4, 3),
+        (32, 64, 32, 4, 3),
+        (32, 32, 32, 2, 4),
+    ])
+    # For fp32 with IEEE products (FMA, no tensor cores), whatever the alignment: the configs
+    # above spill there (up to 4 KB at BLOCK_K = 64); these do not.
+    _IEEE_CONFIGS = _configs([
+        (64, 32, 32, 8, 3),
+        (64, 32, 16, 4, 3),
+        (32, 64, 16, 4, 3),
+        (32, 32, 32, 4, 3),
+    ])
+_CONFIGS = list(dict.fromkeys(_ALIGNED_CONFIGS + _UNALIGNED_CONFIGS + _IEEE_CONFIGS))
+
+
+def _size_class(m: int) -> int:
+    """The autotuner's size class of a GEMM with m = N * H_out * W_out rows: the next power of two,
+    so the active-batch sizes that follow each exit share a handful of tuned configs."""
+    return triton.next_power_of_2(m)
+
+
+@triton.jit
+def _relu(y):
+    """max(y, 0) keeping NaN (PTX ``max.NaN.f32``; a plain ``max.f32`` would turn NaN into 0, unlike F.relu)."""
+    return tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+def _aligned(args) -> bool:
+    """Whether every row the kernel reads or writes starts 16-byte aligned: the pixel rows and
+    windows of x and out, and the weight's C_out rows (:func:`conv_weight`'s layout)."""
+    size = args["x_ptr"].element_size()
+    return args["swo"] == 1 and all(args[a] * size % 16 == 0 for a in ("sxw", "c_in0", "sow", "c_out0", "swi"))
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drops 8-warp configs for 3x3 and tiles far wider than C_out / C_in."""
+    """The configs for the products (IEEE fp32) or the alignment (:func:`_aligned`), less 8-warp
+    configs for 3x3 and tiles far wider than C_out / C_in."""
     c_out, c_in = named_args["C_out"], named_args["C_in"]
     max_n = max(32, triton.next_power_of_2(c_out))
     max_k = max(32, triton.next_power_of_2(c_in))
+    if kwargs["DOT_PRECISION"] == "ieee":
+        family = _IEEE_CONFIGS
+    else:
+        family = _ALIGNED_CONFIGS if _aligned(named_args) else _UNALIGNED_CONFIGS
     kept = [
         c for c in configs
-        if (kwargs["KSIZE"] == 1 or c.num_warps <= 4)
+        if c in family and (kwargs["KSIZE"] == 1 or c.num_warps <= 4)
         and c.kwargs["BLOCK_N"] <= max_n and c.kwargs["BLOCK_K"] <= max_k
     ]
-    return kept or [min(configs, key=lambda c: (c.num_warps, c.kwargs["BLOCK_N"]))]
+    return kept or [min(family, key=lambda c: (c.num_warps, c.kwargs["BLOCK_N"]))]
 
 
 @triton.autotune(
     configs=_CONFIGS,
-    key=["N", "H", "W", "C_in", "C_out", "KSIZE", "STRIDE"],
+    # M_CLASS, not N: after each exit the batch shrinks, and an exact N would re-tune every layer
+    # at every new active-batch size. The alignment of the windows and weight rows decides which
+    # tiles _prune_configs keeps, so its inputs are in the key as well (all fixed per layer).
+    key=["M_CLASS", "H", "W", "C_in", "C_out", "c_in0", "c_out0", "sxw", "sow", "swo", "swi", "KSIZE", "STRIDE",
+         "DOT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["M_CLASS"])
 def _conv_nhwc_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, in_scale_ptr, in_shift_ptr, out_ptr, n_active_ptr,
-    N, H, W, C_in, H_out, W_out, C_out, c_in0, c_out0,
+    N, H, W, C_in, H_out, W_out, C_out, c_in0, c_out0, M_CLASS,
     sxn, sxc, sxh, sxw,
     swo, swi, swh, sww,
     son, soc, soh, sow,
@@ -100,6 +147,7 @@ def _conv_nhwc_kernel(
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # M_CLASS (the autotuner's size class of N * H_out * W_out) is not used here.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     hw_out = H_out * W_out
@@ -107,22 +155,24 @@ def _conv_nhwc_kernel(
         n_rows = tl.minimum(tl.maximum(tl.load(n_active_ptr).to(tl.int32), 0), N)
     else:
         n_rows = N
-    m_total = n_rows * hw_out
-    if pid_m * BLOCK_M >= m_total:
+    # N * H_out * W_out may pass 2^31: the tile's first pixel is split into (image, pixel) in
+    # int64 once, and the per-element index math stays in int32 within a few images.
+    m0 = pid_m.to(tl.int64) * BLOCK_M
+    if m0 >= tl.cast(n_rows, tl.int64) * hw_out:  # a cast, not .to: N == 1 arrives as a constant
         return
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    img0 = m0 // hw_out
+    local = (m0 - img0 * hw_out).to(tl.int32) + tl.arange(0, BLOCK_M)
+    img = img0 + local // hw_out
+    pix = local % hw_out
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < m_total
+    m_mask = img < n_rows
     n_mask = offs_n < C_out
-    img = offs_m // hw_out
-    pix = offs_m % hw_out
     oh = pix // W_out
     ow = pix % W_out
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
-    x_img = x_ptr + img.to(tl.int64) * sxn + c_in0 * sxc
+    x_img = x_ptr + img * sxn + c_in0 * sxc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_chunks = tl.cdiv(C_in, BLOCK_K)
@@ -141,7 +191,7 @@ def _conv_nhwc_kernel(
         if PROLOGUE:
             s_in = tl.load(in_scale_ptr + ck, mask=k_mask, other=0.0)
             b_in = tl.load(in_shift_ptr + ck, mask=k_mask, other=0.0)
-            a_act = tl.maximum(a.to(tl.float32) * s_in[None, :] + b_in[None, :], 0.0)
+            a_act = _relu(a.to(tl.float32) * s_in[None, :] + b_in[None, :])
             a = tl.where(a_mask, a_act, 0.0).to(x_ptr.dtype.element_ty)
         b_ptrs = w_ptr + kh * swh + kw * sww + ck[:, None] * swi + offs_n[None, :] * swo
         b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
@@ -151,8 +201,8 @@ def _conv_nhwc_kernel(
     shift = tl.load(shift_ptr + offs_n, mask=n_mask, other=0.0)
     y = acc * scale[None, :] + shift[None, :]
     if RELU:
-        y = tl.maximum(y, 0.0)
-    o_rows = out_ptr + img.to(tl.int64) * son + oh * soh + ow * sow + c_out0 * soc
+        y = _relu(y)
+    o_rows = out_ptr + img * son + oh * soh + ow * sow + c_out0 * soc
     o_ptrs = o_rows[:, None] + offs_n[None, :] * soc
     tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -161,7 +211,7 @@ def _conv_nhwc_kernel(
 
 
 def _launch(x, weight, scale, shift, out, *, stride, padding, relu, c_in0, c_out0, in_scale, in_shift, n_active):
-    """Launches the kernel on checked arguments (on the current device and stream); skips empty batches."""
+    """Launches the kernel on checked arguments, on x's device and its current stream; skips empty batches."""
     n, _, h, w = x.shape
     c_out, c_in, k, _ = weight.shape
     h_out, w_out = out.shape[2], out.shape[3]
@@ -175,20 +225,17 @@ def _launch(x, weight, scale, shift, out, *, stride, padding, relu, c_in0, c_out
     def grid(meta):
         return triton.cdiv(n * h_out * w_out, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"])
 
-    _conv_nhwc_kernel[grid](
-        x, weight, scale, shift, in_scale, in_shift, out, n_active if n_active is not None else scale,
-        n, h, w, c_in, h_out, w_out, c_out, c_in0, c_out0,
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        KSIZE=k, STRIDE=stride, PAD=padding, RELU=relu, PROLOGUE=prologue,
-        HAS_N_ACTIVE=n_active is not None, DOT_PRECISION="tf32" if tf32 else "ieee",
-    )
-
-
-def _on_device(x: torch.Tensor):
-    """x's device as the current one, so that Triton launches there, on its current stream."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    # Triton launches on the current device's current stream: make that x's device.
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _conv_nhwc_kernel[grid](
+            x, weight, scale, shift, in_scale, in_shift, out, n_active if n_active is not None else scale,
+            n, h, w, c_in, h_out, w_out, c_out, c_in0, c_out0, _size_class(n * h_out * w_out),
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+            weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            KSIZE=k, STRIDE=stride, PAD=padding, RELU=relu, PROLOGUE=prologue,
+            HAS_N_ACTIVE=n_active is not None, DOT_PRECISION="tf32" if tf32 else "ieee",
+        )
 
 
 @torch.library.custom_op("eexit::conv2d_nhwc", mutates_args=("out",))
@@ -201,9 +248,8 @@ def _conv2d_op(
     """torch.ops.eexit.conv2d_nhwc: :func:`conv2d_nhwc` into a required ``out``, returning nothing."""
     check_conv_args(x, weight, scale, shift, out, stride=stride, padding=padding, c_in0=c_in0, c_out0=c_out0,
                     in_scale=in_scale, in_shift=in_shift, n_active=n_active, interpret=_INTERPRET)
-    with _on_device(x):
-        _launch(x, weight, scale, shift, out, stride=stride, padding=padding, relu=relu, c_in0=c_in0,
-                c_out0=c_out0, in_scale=in_scale, in_shift=in_shift, n_active=n_active)
+    _launch(x, weight, scale, shift, out, stride=stride, padding=padding, relu=relu, c_in0=c_in0, c_out0=c_out0,
+            in_scale=in_scale, in_shift=in_shift, n_active=n_active)
 
 
 @_conv2d_op.register_fake
@@ -226,11 +272,10 @@ def _bottleneck_op(
                           interpret=_INTERPRET)
     n, _, h, w = x.shape
     mid = torch.empty((n, w1.shape[0], h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    with _on_device(x):
-        _launch(x, w1, scale1, shift1, mid, stride=1, padding=0, relu=relu1, c_in0=c_in0, c_out0=0,
-                in_scale=in_scale, in_shift=in_shift, n_active=n_active)
-        _launch(mid, w2, scale2, shift2, out, stride=stride, padding=1, relu=relu2, c_in0=0, c_out0=c_out0,
-                in_scale=None, in_shift=None, n_active=n_active)
+    _launch(x, w1, scale1, shift1, mid, stride=1, padding=0, relu=relu1, c_in0=c_in0, c_out0=0,
+            in_scale=in_scale, in_shift=in_shift, n_active=n_active)
+    _launch(mid, w2, scale2, shift2, out, stride=stride, padding=1, relu=relu2, c_in0=0, c_out0=c_out0,
+            in_scale=None, in_shift=None, n_active=n_active)
 
 
 @_bottleneck_op.register_fake
@@ -247,6 +292,28 @@ def _bottleneck_fake(x, w1, scale1, shift1, w2, scale2, shift2, out, stride=1, r
 def _new_out(shape, x: torch.Tensor) -> torch.Tensor:
     """An uninitialised channels_last ``out`` of the given shape, on x's device, in x's dtype."""
     return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+
+def conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A conv weight in the layout the kernels read fastest, to prepare once per weight (e.g. with
+    the folded BatchNorm).
+
+    Args:
+        weight: ``[C_out, C_in, k, k]``, any dtype, device and strides.
+
+    Returns:
+        The same values, shape and dtype, with C_out fastest in memory (neighbouring output
+        channels adjacent: coalesced B-tile loads) and each (tap, input channel) row of
+        C_out padded with zeros to a multiple of 16 elements (aligned vector loads, whatever
+        C_out is). Strides ``(1, C_pad, k * C_in * C_pad, C_in * C_pad)``.
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"conv_weight: weight must be a tensor [C_out, C_in, k, k], got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    c_out, c_in, kh, kw = weight.shape
+    rows = weight.new_zeros((kh, kw, c_in, c_out + -c_out % 16))
+    rows[..., :c_out] = weight.permute(2, 3, 1, 0)
+    return rows[..., :c_out].permute(3, 2, 0, 1)
 
 
 def conv2d_nhwc(
@@ -273,9 +340,8 @@ def conv2d_nhwc(
     Args:
         x: ``[N, C_total_in, H, W]`` channels_last, float32/float16/bfloat16 (CUDA, or CPU
             under ``TRITON_INTERPRET=1``).
-        weight: ``[C_out, C_in, k, k]``, k in {1, 3}, dtype of x, any strides (a layout with
-            C_out fastest, e.g. ``w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)``,
-            loads fastest).
+        weight: ``[C_out, C_in, k, k]``, k in {1, 3}, dtype of x, any strides (the layout of
+            :func:`conv_weight` loads fastest).
         scale, shift: float32 ``[C_out]``: folded BatchNorm (and conv bias) of the output.
         stride: 1 or 2. padding: int >= 0 (zeros). relu: ReLU after scale/shift.
         out: ``[N, C_total_out, H_out, W_out]`` channels_last, dtype of x; allocated with

@@ -1,8 +1,10 @@
 // CUDA compaction: the same rows of up to kMaxTensors dense tensors gathered in
 // one launch; each row of each tensor is a contiguous run of bytes.
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
+#include <ATen/ops/stack.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -14,14 +16,13 @@
 namespace eexit {
 namespace {
 
-constexpr int kMaxTensors = 64;  // 64 * 32 bytes of kernel parameters, well under the 4 KiB limit
+constexpr int kMaxTensors = 64;  // 64 * 24 bytes of kernel parameters, well under the 4 KiB limit
 constexpr int kThreads = 256;
 
 struct RowCopies {
   const char* src[kMaxTensors];
   char* dst[kMaxTensors];
   int64_t row_bytes[kMaxTensors];
-  int64_t n_rows[kMaxTensors];
   int n;
 };
 
@@ -35,8 +36,7 @@ __device__ __forceinline__ void copy_run(char* dst, const char* src, int64_t byt
 __global__ void gather_rows_kernel(RowCopies job, const int64_t* __restrict__ index, int64_t K) {
   for (int64_t r = blockIdx.x; r < K; r += gridDim.x) {
     const int64_t from = index[r];
-    for (int t = 0; t < job.n; ++t) {
-      CUDA_KERNEL_ASSERT(from >= 0 && from < job.n_rows[t] && "compact: index out of range");
+    for (int t = 0; t < job.n; ++t) {  // from is in range: compact_cuda checked it
       const int64_t b = job.row_bytes[t];
       const char* src = job.src[t] + from * b;
       char* dst = job.dst[t] + r * b;
@@ -63,6 +63,19 @@ std::vector<at::Tensor> compact_cuda(at::TensorList tensors, const at::Tensor& i
   const c10::cuda::CUDAGuard guard(index.device());
   const at::Tensor idx = index.contiguous();
   const int64_t K = idx.numel();
+  if (K > 0 && !tensors.empty()) {
+    // An out-of-range index raises IndexError, as on the CPU, instead of a device-side assert
+    // (which loses the CUDA context). The price: a min/max reduction and one 16-byte copy to
+    // the host, i.e. a sync, per call (the gate's own count copy is one too).
+    const auto [mn, mx] = at::aminmax(idx);
+    const at::Tensor range = at::stack({mn, mx}).cpu();
+    const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const int64_t N = tensors[i].size(0);
+      TORCH_CHECK_INDEX(lo >= 0 && hi < N, "compact: index values must be in [0, ", N, ") for tensors[", i,
+                        "], got range [", lo, ", ", hi, "]");
+    }
+  }
   std::vector<at::Tensor> out;
   out.reserve(tensors.size());
   RowCopies job{};
@@ -77,10 +90,8 @@ std::vector<at::Tensor> compact_cuda(at::TensorList tensors, const at::Tensor& i
       job.src[job.n] = static_cast<const char*>(t.const_data_ptr());
       job.dst[job.n] = static_cast<char*>(o.mutable_data_ptr());
       job.row_bytes[job.n] = t.numel() / N * t.element_size();
-      job.n_rows[job.n] = N;
       if (++job.n == kMaxTensors) launch(job, idx, K);
     } else if (K > 0) {
-      TORCH_CHECK_INDEX(N > 0, "compact: tensors[", i, "] has no rows but index is not empty");
       o.copy_(at::index_select(t, 0, idx));
     }
     out.push_back(std::move(o));

@@ -4,7 +4,8 @@
 // splits the rows into exits and keeps. All on the current stream, with one
 // device-to-host copy of the count.
 // Semantics match csrc/cpu/gate_kernel.h (see there for the inf and NaN rules);
-// the scores and the pass rule are csrc/exit_rule.h's, shared with it.
+// the scores and the pass rule are csrc/exit_rule.h's, shared with it; the per-row
+// arithmetic is gate_row.h's, which the tests also build for the host.
 // CUB lives in eexit's own namespace, apart from torch's copy (as ATen wraps
 // its own); Thrust stays global, as torch's headers name it.
 #define CUB_WRAPPED_NAMESPACE eexit_cub
@@ -22,93 +23,38 @@
 
 #include <cstdint>
 
+#include "cuda/gate_row.h"
 #include "eexit.h"
-#include "exit_rule.h"
 
 namespace eexit {
 namespace {
 
-constexpr float kMinExp = -86.5f;  // as the CPU kernel: -inf terms stay tiny normal floats
-constexpr int64_t kNoIndex = INT64_MAX;
-constexpr int kLargeC = 4096;  // from here on a whole block works on a row
-constexpr int kBlockRowThreads = 256;
+using gate::kBlockRowThreads;
+using gate::kLargeC;
+using gate::kWarp;
+using gate::RowState;
 
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// Running state of a row (or part of it). s and u are relative to m; k counts the
-// entries equal to m; arg is the first of them; nan is the first NaN.
-struct RowState {
-  float m, s, u;
-  int k;
-  int64_t arg, nan;
+__device__ __forceinline__ RowState shfl_down(const RowState& st, int delta) {
+  RowState o;
+  o.m = __shfl_down_sync(0xffffffffu, st.m, delta);
+  o.s = __shfl_down_sync(0xffffffffu, st.s, delta);
+  o.u = __shfl_down_sync(0xffffffffu, st.u, delta);
+  o.k = __shfl_down_sync(0xffffffffu, st.k, delta);
+  o.arg = __shfl_down_sync(0xffffffffu, st.arg, delta);
+  o.nan = __shfl_down_sync(0xffffffffu, st.nan, delta);
+  return o;
+}
 
-  __device__ void init() {
-    m = -INFINITY;
-    s = u = 0.f;
-    k = 0;
-    arg = nan = kNoIndex;
-  }
-
-  __device__ void add(float z, int64_t c) {
-    if (isnan(z)) {
-      nan = min(nan, c);
-      return;
-    }
-    if (z > m) {
-      if (s > 0.f) {  // m finite here
-        const float a = __expf(m - z);
-        u = a * (u + (m - z) * s);
-        s *= a;
-      }
-      m = z;
-      k = 1;
-      arg = c;
-    } else if (z == m) {
-      ++k;
-      arg = min(arg, c);
-    }
-    if (isfinite(m)) {
-      const float d = fmaxf(z - m, kMinExp);
-      const float e = __expf(d);
-      s += e;
-      u = fmaf(e, d, u);
-    }
-  }
-
-  __device__ void merge(RowState o) {
-    nan = min(nan, o.nan);
-    if (o.m > m || (o.m == m && o.arg < arg)) {  // keep the larger max in *this
-      const RowState t = *this;
-      m = o.m, s = o.s, u = o.u, k = o.k, arg = o.arg;
-      o = t;
-    }
-    if (o.m == m) {
-      k += o.k;
-      s += o.s;
-      u += o.u;
-    } else if (o.s > 0.f && isfinite(m)) {
-      const float a = __expf(o.m - m);
-      s += a * o.s;
-      u += a * (o.u + (o.m - m) * o.s);
-    }
-  }
-
-  __device__ RowState shfl_down(int delta) const {
-    RowState o;
-    o.m = __shfl_down_sync(0xffffffffu, m, delta);
-    o.s = __shfl_down_sync(0xffffffffu, s, delta);
-    o.u = __shfl_down_sync(0xffffffffu, u, delta);
-    o.k = __shfl_down_sync(0xffffffffu, k, delta);
-    o.arg = __shfl_down_sync(0xffffffffu, arg, delta);
-    o.nan = __shfl_down_sync(0xffffffffu, nan, delta);
-    return o;
-  }
-};
-
+// The reduction tree (mirrored by tests/ops/test_gate_tree.py: keep the two in step): lane l
+// adds logits l, l + lanes, l + 2 lanes, ... in that order; a warp merges lane l + d into lane
+// l for d = kWarp / 2, ..., 1 (a lane past the warp's end reads its own state); a block's
+// warp 0 then merges the same way with lane w holding warp w's result (empty states after).
 __device__ __forceinline__ RowState warp_merge(RowState st) {
-  for (int d = 16; d > 0; d >>= 1) st.merge(st.shfl_down(d));
+  for (int d = kWarp / 2; d > 0; d >>= 1) st.merge(shfl_down(st, d));
   return st;  // complete in lane 0
 }
 
@@ -128,19 +74,9 @@ __device__ __forceinline__ void scan_row(const T* row, int64_t C, int lane, int 
 
 __device__ __forceinline__ void finish_row(const RowState& st, int64_t C, int64_t r, bool entropy, float thr,
                                            float* score, int64_t* pred, uint8_t* flag) {
-  float s = st.s, u = st.u;
-  int64_t p = st.arg;
-  if (st.nan != kNoIndex) {
-    s = NAN;
-    p = st.nan;
-  } else if (isinf(st.m)) {  // uniform over the k entries equal to an infinite max: s = k, u = 0
-    s = st.m > 0.f ? static_cast<float>(st.k) : static_cast<float>(C);
-    u = 0.f;
-    if (st.m < 0.f) p = 0;
-  }
-  const float sc = row_score(s, u, entropy);
+  float sc;
+  st.finish(C, entropy, &sc, pred + r);
   score[r] = sc;
-  pred[r] = p;
   flag[r] = exits(sc, thr, entropy);
 }
 
@@ -149,12 +85,12 @@ template <typename T>
 __global__ void gate_warp_kernel(const T* __restrict__ x, int64_t N, int64_t C, int64_t row_stride, bool entropy,
                                  float thr, float* __restrict__ score, int64_t* __restrict__ pred,
                                  uint8_t* __restrict__ flag) {
-  const int lane = threadIdx.x & 31;
-  const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   if (r >= N) return;  // whole warps leave together
   RowState st;
   st.init();
-  scan_row(x + r * row_stride, C, lane, 32, st);
+  scan_row(x + r * row_stride, C, lane, kWarp, st);
   st = warp_merge(st);
   if (lane == 0) finish_row(st, C, r, entropy, thr, score, pred, flag);
 }
@@ -164,9 +100,9 @@ template <typename T>
 __global__ void gate_block_kernel(const T* __restrict__ x, int64_t N, int64_t C, int64_t row_stride, bool entropy,
                                   float thr, float* __restrict__ score, int64_t* __restrict__ pred,
                                   uint8_t* __restrict__ flag) {
-  __shared__ RowState part[kBlockRowThreads / 32];
+  __shared__ RowState part[kBlockRowThreads / kWarp];
   const int64_t r = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   RowState st;
   st.init();
   scan_row(x + r * row_stride, C, threadIdx.x, blockDim.x, st);
@@ -174,7 +110,7 @@ __global__ void gate_block_kernel(const T* __restrict__ x, int64_t N, int64_t C,
   if (lane == 0) part[warp] = st;
   __syncthreads();
   if (warp == 0) {
-    if (lane < kBlockRowThreads / 32) st = part[lane];
+    if (lane < kBlockRowThreads / kWarp) st = part[lane];
     else st.init();
     st = warp_merge(st);
     if (lane == 0) finish_row(st, C, r, entropy, thr, score, pred, flag);
@@ -193,7 +129,7 @@ void launch_gate(const at::Tensor& x, bool entropy, float thr, at::Tensor& score
         flag.mutable_data_ptr<uint8_t>());
   } else {
     constexpr int threads = 256;  // 8 rows a block
-    const int64_t blocks = (N * 32 + threads - 1) / threads;
+    const int64_t blocks = (N * kWarp + threads - 1) / threads;
     TORCH_CHECK(blocks <= INT32_MAX, "exit_gate: too many rows for one launch: ", N);
     gate_warp_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
         data, N, C, x.stride(0), entropy, thr, score.mutable_data_ptr<float>(), pred.mutable_data_ptr<int64_t>(),

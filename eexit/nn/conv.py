@@ -73,7 +73,8 @@ class ConvStack(ComputePathModule):
         x = x.contiguous(memory_format=torch.channels_last)
         params = [
             self._fold.get(f"triton{i}:{x.dtype}", [conv.weight, *bn_sources(bn)],
-                           lambda conv=conv, bn=bn: (conv.weight.to(x.dtype), *bn_affine(bn, conv.bias)))
+                           lambda conv=conv, bn=bn: (kernels.conv_weight(conv.weight.to(x.dtype)),
+                                                     *bn_affine(bn, conv.bias)))
             for i, (conv, bn) in enumerate(units)
         ]
         first, last = units[0][0], units[-1][0]

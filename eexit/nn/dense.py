@@ -193,7 +193,8 @@ class DenseConcatBlock(ComputePathModule):
                 f"triton{i}:{dt}",
                 [layer.conv1.weight, layer.conv2.weight, *bn_sources(layer.norm1), *bn_sources(layer.norm2)],
                 lambda ly=layer: (
-                    *bn_affine(ly.norm1), ly.conv1.weight.to(dt), *bn_affine(ly.norm2), ly.conv2.weight.to(dt),
+                    *bn_affine(ly.norm1), kernels.conv_weight(ly.conv1.weight.to(dt)), *bn_affine(ly.norm2),
+                    kernels.conv_weight(ly.conv2.weight.to(dt)),
                     torch.ones(g, device=x.device), torch.zeros(g, device=x.device),
                 ),
             )

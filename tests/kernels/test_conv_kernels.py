@@ -171,6 +171,53 @@ def test_conv_n_active_zero_writes_nothing():
     assert torch.equal(out.view(torch.int32), before.view(torch.int32))
 
 
+def test_conv_keeps_nan_through_relu():
+    """NaN in x stays NaN through the prologue and epilogue ReLUs (F.relu's rule; on GPU the
+    codegen is checked in test_triton_compile.py: max.NaN)."""
+    x = _nhwc(2, 4, 3, 3)
+    x[1, 2, 1, 1] = float("nan")
+    weight = _weight(3, 4, 1)
+    scale, shift = _affine(3)
+    one, zero = torch.ones(4, device=DEVICE), torch.zeros(4, device=DEVICE)
+    y = kernels.conv2d_nhwc(x, weight, scale, shift, in_scale=one, in_shift=zero)
+    assert torch.isnan(y[1, :, 1, 1]).all() and not torch.isnan(y[0]).any()
+
+
+def test_conv_weight_layout():
+    w = torch.randn(37, 22, 3, 3)
+    p = kernels.conv_weight(w)
+    assert torch.equal(p, w) and p.stride() == (1, 48, 3 * 22 * 48, 22 * 48)
+    x, (scale, shift), w = _nhwc(2, 22, 5, 5), _affine(37), _weight(37, 22, 3)
+    got = kernels.conv2d_nhwc(x, kernels.conv_weight(w), scale, shift, padding=1)
+    torch.testing.assert_close(got, kernels.conv2d_nhwc(x, w, scale, shift, padding=1))
+    with pytest.raises(ValueError, match="weight"):
+        kernels.conv_weight(torch.zeros(3, 3))
+
+
+def test_autotune_reuses_configs_across_batch_sizes(monkeypatch):
+    """The tuning key has N * H_out * W_out's size class, not N: after exits shrink the batch, a
+    new N benchmarks only when it enters a new power-of-two class."""
+    from eexit.kernels import conv
+
+    tuner = conv._conv_nhwc_kernel
+    two = [conv.triton.Config({"BLOCK_M": 32, "BLOCK_N": 8, "BLOCK_K": 8}, num_warps=w) for w in (1, 2)]
+    for name in ("_ALIGNED_CONFIGS", "_UNALIGNED_CONFIGS", "_IEEE_CONFIGS"):
+        monkeypatch.setattr(conv, name, two)
+    monkeypatch.setattr(tuner, "configs", two)
+    monkeypatch.setattr(tuner, "cache", {})
+    runs = []
+    monkeypatch.setattr(tuner, "_bench", lambda *a, config, **k: runs.append(config) or [1.0, 1.0, 1.0],
+                        raising=False)
+    weight = _weight(3, 4, 1)
+    scale, shift = _affine(3)
+    batches = [9, 7, 8, 5, 3, 2, 6, 1, 4, 16, 12]
+    for n in batches:
+        kernels.conv2d_nhwc(_nhwc(n, 4, 2, 2), weight, scale, shift)
+    classes = {conv._size_class(n * 4) for n in batches}  # {4, 8, 16, 32, 64}
+    assert len(runs) == 2 * len(classes) == 10
+    assert len(tuner.cache) == len(classes)
+
+
 # ----------------------------------------------------------------------------- bottleneck_nhwc
 
 # (N, C_total_in, c_in0, C_in, H, W, inner, C_out, c_out0, stride, prologue, relu2, n_active, dtype)
