@@ -100,4 +100,45 @@ void check_append_args(const at::Tensor& buf, const at::Tensor& src, int64_t c0,
   }
 }
 
+namespace {
+
+// Output size along one axis; with ceil_mode the last window must start inside the input or
+// its left padding (torch's rule).
+int64_t pool_out_size(int64_t size, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+  int64_t out = (size + 2 * p - k + (ceil_mode ? s - 1 : 0)) / s + 1;
+  if (ceil_mode && (out - 1) * s >= size + p) --out;
+  return out;
+}
+
+}  // namespace
+
+std::array<int64_t, 2> check_max_pool_args(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, bool ceil_mode) {
+  TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 3,
+                    "max_pool2d: x must have shape [N, C, H, W] or [C, H, W] (rank 4 or 3), got shape ", x.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                   "max_pool2d: x must be float32, float64, float16 or bfloat16, got torch.",
+                   c10::getDtypeNames(dt).first);
+  const int64_t H = x.size(-2), W = x.size(-1);
+  TORCH_CHECK_VALUE(x.size(-3) >= 1 && H >= 1 && W >= 1, "max_pool2d: x must have C, H and W >= 1, got shape ",
+                    x.sizes());
+  for (const auto& [name, v] : {std::pair<const char*, at::IntArrayRef>{"kernel_size", kernel_size},
+                                {"stride", stride}, {"padding", padding}}) {
+    TORCH_CHECK_VALUE(v.size() == 2, "max_pool2d: ", name, " must be an int or a pair of ints, got ", v);
+  }
+  TORCH_CHECK_VALUE(kernel_size[0] >= 1 && kernel_size[1] >= 1, "max_pool2d: kernel_size must be >= 1, got ",
+                    kernel_size);
+  TORCH_CHECK_VALUE(stride[0] >= 1 && stride[1] >= 1, "max_pool2d: stride must be >= 1, got ", stride);
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0 && 2 * padding[0] <= kernel_size[0] &&
+                        2 * padding[1] <= kernel_size[1],
+                    "max_pool2d: padding must be >= 0 and at most half of kernel_size ", kernel_size, ", got ",
+                    padding);
+  TORCH_CHECK_VALUE(H + 2 * padding[0] >= kernel_size[0] && W + 2 * padding[1] >= kernel_size[1],
+                    "max_pool2d: x's height and width [", H, ", ", W, "] plus twice padding ", padding,
+                    " must be at least kernel_size ", kernel_size);
+  return {pool_out_size(H, kernel_size[0], stride[0], padding[0], ceil_mode),
+          pool_out_size(W, kernel_size[1], stride[1], padding[1], ceil_mode)};
+}
+
 }  // namespace eexit

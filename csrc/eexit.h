@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <optional>
 
 namespace eexit {
@@ -40,6 +41,13 @@ void check_append_args(const at::Tensor& buf, const at::Tensor& src, int64_t c0,
 void append_channels_aten(const at::Tensor& buf, const at::Tensor& src, int64_t c0,
                           const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& scale,
                           const std::optional<at::Tensor>& shift);
+
+// max_pool2d: x [N, C, H, W] or [C, H, W] (N may be 0; C, H, W >= 1), float32/float64/
+// float16/bfloat16; kernel_size, stride and padding pairs (h, w) with kernel and stride >= 1
+// and 0 <= padding <= kernel / 2; H + 2 * padding >= kernel (a non-empty output). Returns
+// the output's {H_out, W_out} (torch.nn.functional.max_pool2d's rule, dilation 1).
+std::array<int64_t, 2> check_max_pool_args(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, bool ceil_mode);
 
 // The gate's outputs, in schema order.
 using GateResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

@@ -140,6 +140,62 @@ def check_append_args(buf, src, c0, pre=None, scale=None, shift=None) -> None:
             raise ValueError(f"append_channels: {name} is on {t.device} but buf is on {buf.device}")
 
 
+POOL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _as_pool_pair(name: str, value: object) -> Tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool) else value
+    if not isinstance(pair, (tuple, list)) or any(isinstance(v, bool) or not isinstance(v, (int, torch.SymInt))
+                                                  for v in pair):
+        raise TypeError(f"max_pool2d: {name} must be an int or a pair of ints, got {value!r}")
+    if len(pair) != 2:
+        raise ValueError(f"max_pool2d: {name} must be an int or a pair of ints, got {list(pair)}")
+    return pair[0], pair[1]
+
+
+def pool_pairs(kernel_size: object, stride: object, padding: object, ceil_mode: object):
+    """max_pool2d's kernel_size, stride (None: kernel_size) and padding as (h, w) pairs, each given as
+    an int or a pair of ints (TypeError / ValueError otherwise), after checking that ceil_mode is a bool."""
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"max_pool2d: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    k = _as_pool_pair("kernel_size", kernel_size)
+    return k, k if stride is None else _as_pool_pair("stride", stride), _as_pool_pair("padding", padding)
+
+
+def _pool_out_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    out = (size + 2 * p - k + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:  # the last window must start inside the input or left padding
+        out -= 1
+    return out
+
+
+def check_max_pool_args(x, kernel_size, stride, padding, ceil_mode) -> Tuple[int, int]:
+    """max_pool2d's tensor and values (pairs from :func:`pool_pairs`; see :func:`eexit.ops.max_pool2d`) as
+    csrc/checks.cpp checks them; returns the output's (H_out, W_out)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"max_pool2d: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"max_pool2d: x must have shape [N, C, H, W] or [C, H, W] (rank 4 or 3), "
+                         f"got shape {list(x.shape)}")
+    if x.dtype not in POOL_DTYPES:
+        raise TypeError(f"max_pool2d: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    c, h, w = x.shape[-3:]
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"max_pool2d: x must have C, H and W >= 1, got shape {list(x.shape)}")
+    k, s, p = (list(_as_pool_pair(n, v)) for n, v in (("kernel_size", kernel_size), ("stride", stride),
+                                                            ("padding", padding)))
+    if min(k) < 1:
+        raise ValueError(f"max_pool2d: kernel_size must be >= 1, got {k}")
+    if min(s) < 1:
+        raise ValueError(f"max_pool2d: stride must be >= 1, got {s}")
+    if min(p) < 0 or 2 * p[0] > k[0] or 2 * p[1] > k[1]:
+        raise ValueError(f"max_pool2d: padding must be >= 0 and at most half of kernel_size {k}, got {p}")
+    if h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
+        raise ValueError(f"max_pool2d: x's height and width [{h}, {w}] plus twice padding {p} must be at least "
+                         f"kernel_size {k}")
+    return (_pool_out_size(h, k[0], s[0], p[0], ceil_mode), _pool_out_size(w, k[1], s[1], p[1], ceil_mode))
+
+
 # ----------------------------------------------------------------------------- model inputs
 
 PARAMETERS = "parameters"  # an input dtype: that of the model's parameters

@@ -20,7 +20,7 @@ def pytest_sessionstart(session):
     if os.environ.get("EEXIT_REQUIRE_EXTENSION") == "1" and not eexit.has_extension():
         pytest.exit("EEXIT_REQUIRE_EXTENSION=1 but eexit._C did not build or load", returncode=3)
     if os.environ.get("EEXIT_REQUIRE_CUDA_BUILD") == "1":
-        for op in ("exit_gate", "compact"):
+        for op in ("exit_gate", "compact", "max_pool2d"):
             if not torch._C._dispatch_has_kernel_for_dispatch_key(f"eexit::{op}", "CUDA"):
                 pytest.exit(f"EEXIT_REQUIRE_CUDA_BUILD=1 but eexit::{op} has no CUDA kernel", returncode=3)
 
