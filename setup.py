@@ -11,6 +11,7 @@ Environment switches:
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -56,7 +57,11 @@ def _extension():
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
+        # The shared C++ runtime, named before g++'s own -lstdc++: on a GPU image (Ubuntu 24.04,
+        # gcc 13, torch 2.11) the link otherwise put libstdc++'s ostream and locale code inside
+        # eexit._C, whose second copy of the locale crashed every C++ error message with a number
+        # in it (tests/ops/test_torch_library.py and gpu_check's build step check for that copy).
+        extra_link_args=["-fopenmp"] + (["-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []),
         py_limited_api=True,
     )
     if _want_cuda():

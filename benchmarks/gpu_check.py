@@ -4,14 +4,17 @@ deadline (8 minutes by default),
 1. ``build``: builds eexit against this machine's torch with this python (``pip install
    --no-build-isolation --no-deps --no-index -e .``, EEXIT_CUDA=1, MAX_JOBS up to 16,
    TORCH_CUDA_ARCH_LIST = the local GPU's capability only) and checks that the CUDA kernels load;
-2. ``tests``: ``EEXIT_TEST_GPU=1 python -m pytest tests/ops tests/kernels tests/nn tests/models``
+2. ``tests``: ``EEXIT_TEST_GPU=1 python -m pytest tests/ops tests/kernels tests/nn tests/models
+   tests/test_calibrate.py`` (with pytest-xdist when installed: 8 workers, a crashed one replaced)
    (Triton compiled for the GPU, not interpreted), recording the pass/fail counts;
 3. ``bench_gate``, ``bench_dense``, ``bench_msdnet``: a condensed benchmark, each contender timed with
    CUDA synchronisation in interleaved rounds (:func:`eexit.timing.interleaved_medians`), medians:
    the exit gate vs the eager composite vs torch.compile of it; a dense block, fused (Triton) vs the
    reference backend eager vs torch.compile of it; MSDNet CIFAR-100 anytime, full network and
    ``infer`` (thresholds calibrated to geometric exit fractions) in the reference and fused
-   backends, under torch.compile and :func:`eexit.compile`;
+   backends, under torch.compile and :func:`eexit.compile`, after a first pass of fused ``infer``
+   over several batch sizes with each size's first call timed apart (a per-batch-size re-tune of
+   the Triton kernels shows there at once);
 4. writes ``benchmarks/results/gpu-check-<device>-<date>.md`` (and a ``.json`` of the same figures)
    and prints the table.
 
@@ -57,7 +60,7 @@ TITLES = {
     "bench_dense": "Dense block: fused (Triton) vs reference eager vs torch.compile(reference)",
     "bench_msdnet": "MSDNet CIFAR-100 anytime: full network and infer",
 }
-GPU_TESTS = ["tests/ops", "tests/kernels", "tests/nn", "tests/models"]
+GPU_TESTS = ["tests/ops", "tests/kernels", "tests/nn", "tests/models", "tests/test_calibrate.py"]
 DRY_TESTS = ["tests/test_timing.py"]
 # (most seconds a step may take, seconds kept back for it while earlier steps run)
 GPU_LIMITS = {"build": (220, 30), "tests": (160, 30), "bench_gate": (80, 30), "bench_dense": (90, 30),
@@ -217,8 +220,22 @@ def machine_info(dry: bool) -> Dict[str, object]:
 CHECK_EXTENSION = (
     "import torch, eexit\n"
     "has = lambda op: torch._C._dispatch_has_kernel_for_dispatch_key(f'eexit::{op}', 'CUDA')\n"
-    "print('extension', eexit.has_extension(), 'cuda-kernels', has('exit_gate') and has('compact'))\n"
+    "print('extension', eexit.has_extension(), 'cuda-kernels', all(map(has, ('exit_gate', 'compact', 'max_pool2d'))))\n"
 )
+
+
+def embedded_cpp_runtime() -> str:
+    """The libstdc++ symbols eexit._C defines itself (empty when it uses the shared library, as it
+    must: tests/ops/test_torch_library.py checks the same), by ``nm``; empty when nm is missing."""
+    found = []
+    for so in sorted((ROOT / "eexit").glob("_C*.so")):
+        out = "\n".join(command_output(["nm", flags, "--defined-only", str(so)]) or "" for flags in ("-C", "-DC"))
+        found += [line.split(" ", 2)[-1] for line in out.splitlines() if re.search(CPP_RUNTIME, line)]
+    return ", ".join(sorted(set(found)))
+
+
+#: symbols of libstdc++ itself (an ostream inserter, a locale facet), not templates a header instantiates
+CPP_RUNTIME = r" (std::ostream& std::ostream::_M_insert<long>|std::codecvt<char16_t, char, __mbstate_t>::do_unshift)"
 
 
 def step_build(args, info, timeout: float, log_dir: Path) -> Dict[str, object]:
@@ -253,6 +270,13 @@ def step_build(args, info, timeout: float, log_dir: Path) -> Dict[str, object]:
     loaded, cuda = found.group(1) == "True", found.group(2) == "True"
     result["summary"] += f"; eexit._C loaded: {'yes' if loaded else 'no'}, CUDA kernels: {'yes' if cuda else 'no'}"
     ok = loaded if args.dry else loaded and cuda
+    runtime = embedded_cpp_runtime()
+    if runtime:
+        import sysconfig
+
+        ok = False
+        result["summary"] += (f"; eexit._C defines its own C++ runtime ({runtime}): C++ error messages crash; "
+                              f"LDCXXSHARED={sysconfig.get_config_var('LDCXXSHARED')!r}")
     result["status"] = "ok" if ok else "failed"
     result["seconds"] = seconds + float(check["seconds"])
     return result
@@ -262,7 +286,8 @@ def step_build(args, info, timeout: float, log_dir: Path) -> Dict[str, object]:
 # step 2: tests
 # ----------------------------------------------------------------------------------------------
 
-PROGRESS = re.compile(r"^\S+::\S.* (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")  # pytest -v
+# pytest -v progress lines: "path::test PASSED", or with pytest-xdist "[gw3] [ 12%] PASSED path::test"
+PROGRESS = re.compile(r"^(?:\S+::\S.* |\[gw\d+\] \[\s*\d+%\] )(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected)")
 
 
@@ -291,6 +316,14 @@ def step_tests(args, info, timeout: float, log_dir: Path) -> Dict[str, object]:
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE"]
     if args.test_timeout and importlib.util.find_spec("pytest_timeout") is not None:
         cmd.append(f"--timeout={args.test_timeout}")
+        version = tuple(int(v) for v in re.findall(r"\d+", package_version("pytest-timeout"))[:2])
+        if version >= (2, 3):  # pytest ends the run itself, so its failure report is printed
+            cmd.append(f"--session-timeout={max(int(timeout) - 30, 10)}")
+    workers = min(8, (os.cpu_count() or 1) // 2)
+    if not args.dry and workers > 1 and importlib.util.find_spec("xdist") is not None:
+        # the CPU-side test work dominates, one GPU is shared; a crashed worker is replaced ("load":
+        # xdist's loadfile scheduler has failed on reassigning a crashed worker's files)
+        cmd += ["-n", str(workers), "--dist", "load", "--max-worker-restart", "16"]
     cmd += paths
     res = run_logged(cmd, env, timeout - 5, log_dir / "tests.log")
     output = str(res["output"])
@@ -586,6 +619,7 @@ def bench_msdnet(args) -> Bench:
                  "infer ref": lambda: ref.infer(x, thresholds),
                  "infer fused": lambda: fused.infer(x, thresholds)}
         ok: Dict[str, Callable[[], object]] = {}
+        first_pass(bench, row, fused, x, thresholds)
         # the reference contenders, then the fused ones (their first calls autotune the Triton kernels
         # for every conv shape and active batch size), then the compiled ones: each group is timed with
         # those before it as soon as it is warm, so a step cut short keeps what it had measured
@@ -627,6 +661,31 @@ def bench_msdnet(args) -> Bench:
         if len(ok) > len(eager):
             bench.time(row, ok, reps)  # all contenders in the same interleaved rounds
     return bench
+
+
+def first_pass(bench: Bench, row: Dict[str, object], model, x, thresholds) -> None:
+    """Times model.infer on the first rows of x at several batch sizes in turn, each new size's
+    first call apart from a second one, into a note of row. After the first size the two should
+    be close: the Triton kernels tune per size class of the batch (a power of two), and these
+    sizes share the first one's. A first call far above the second at every size is a re-tune per
+    batch size (the regression this is here to show)."""
+    n = x.shape[0]
+    sizes = list(dict.fromkeys(max(1, round(n * f)) for f in (1.0, 0.9, 0.75, 0.6)))
+    parts = []
+    for size in sizes:
+        if bench.left() < 30:
+            bench.problem(row, "first pass: cut short, out of time")
+            break
+        ms = []
+        for _ in range(2):
+            start = time.perf_counter()
+            model.infer(x[:size], thresholds)
+            bench.sync()
+            ms.append((time.perf_counter() - start) * 1e3)
+        parts.append(f"N={size} {ms[0]:.0f} / {ms[1]:.0f}")
+    row["notes"].append("infer fused, first pass (ms, first / second call at each new batch size): "
+                        + ", ".join(parts))
+    bench.save()
 
 
 WORKERS = {"bench_gate": bench_gate, "bench_dense": bench_dense, "bench_msdnet": bench_msdnet}

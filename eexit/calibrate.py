@@ -71,7 +71,7 @@ def budgeted_thresholds(scores: torch.Tensor, fractions: Sequence[float],
     if any(f < 0 for f in fractions) or sum(fractions) > 1 + 1e-6:
         raise ValueError(f"fractions must be >= 0 and sum to at most 1, got {list(fractions)}")
     conf = scores.double() if criterion == "confidence" else -scores.double()  # higher = more confident
-    taken = torch.zeros(n, dtype=torch.bool)
+    taken = torch.zeros(n, dtype=torch.bool, device=scores.device)
     thresholds = []
     for k in range(n_exits - 1):
         quota = math.floor(n * fractions[k])

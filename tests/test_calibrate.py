@@ -9,7 +9,7 @@ import torch
 from eexit.calibrate import budgeted_thresholds, fractions_for_cost, geometric_exit_fractions, pick, threshold_sweep
 from eexit.reference import exits
 
-from helpers import generator, new_seed
+from helpers import DEVICES, generator, new_seed
 
 
 def test_geometric_exit_fractions():
@@ -58,12 +58,14 @@ def test_budgeted_thresholds_entropy_matches_confidence_order():
     assert first_exit(ent, thr, "entropy") == [0, 0, 1, 2]
 
 
-def test_budgeted_thresholds_hit_the_fractions_on_random_scores():
+@pytest.mark.parametrize("device", DEVICES)
+def test_budgeted_thresholds_hit_the_fractions_on_random_scores(device):
     seed = new_seed()
     gen = generator(seed)
     scores = torch.rand(4, 1000, generator=gen).sort(0).values  # later exits more confident
     fractions = geometric_exit_fractions(0.7, 4)
-    thr = budgeted_thresholds(scores, fractions)
+    thr = budgeted_thresholds(scores.to(device), fractions)  # scores on the GPU: the same thresholds
+    assert thr == budgeted_thresholds(scores, fractions)
     taken = torch.zeros(1000, dtype=torch.bool)
     for k in range(3):
         now = (scores[k] >= thr[k]) & ~taken

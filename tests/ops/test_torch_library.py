@@ -18,6 +18,22 @@ def test_extension_is_loaded():
     assert hasattr(torch.ops.eexit, "exit_gate") and hasattr(torch.ops.eexit, "compact")
 
 
+def test_extension_uses_the_shared_cpp_runtime():
+    """eexit._C must not carry its own copy of libstdc++ (a build on a GPU image did: every C++
+    error message with a number in it then crashed the process). setup.py links the shared
+    runtime explicitly; gpu_check's build step checks the same."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    if not eexit.has_extension() or not gpu_check.command_output(["nm", "--version"]):
+        pytest.skip("needs the built extension and nm")
+    assert gpu_check.embedded_cpp_runtime() == ""
+    with pytest.raises(IndexError, match=r"index values must be in \[0, 4\) for tensors\[0\], got range \[0, 4\]"):
+        torch.ops.eexit.compact([torch.randn(4, 2)], torch.tensor([0, 4]))  # a message with numbers in it
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("criterion", ["confidence", "entropy"])
