@@ -216,7 +216,7 @@ def stream_benchmark(model, thresholds: Thresholds, criterion: str = "confidence
             seconds, latencies, dropped = _closed_loop(engine, requests, clients)
         else:
             seconds, latencies, dropped = _open_loop(engine, requests, rate, seed)
-        stats = engine.stats()
+    stats = engine.stats()  # once closed: the worker records a batch after answering its requests
     answered = stats.samples
     return StreamResult(
         mode, request_size, clients if mode == "closed" else None, rate if mode == "open" else None,
