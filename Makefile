@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 BUILT := $(VENV)/.eexit-built-cuda$(EEXIT_CUDA)
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
-.PHONY: demo test bench build gpu-check docs
+.PHONY: demo test bench build gpu-check docs data
 
 $(STAMP): requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,23 @@ $(BUILT): $(STAMP) $(SOURCES)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-demo: build
+# Fashion-MNIST for the demo: Debian's dataset-fashion-mnist (30 MB, the four IDX files under
+# /usr/share/datasets/fashion-mnist) when missing and this machine can install it (root, apt-get);
+# otherwise a note, and the demo falls back to scikit-learn's digits.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+data:
+	@if [ -e $(FASHION_MNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make data: installing Debian's dataset-fashion-mnist"; \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "make data: could not install dataset-fashion-mnist; the demo uses scikit-learn's digits"; \
+	else echo "make data: Fashion-MNIST is missing (as root: apt-get install dataset-fashion-mnist); the demo uses scikit-learn's digits"; fi
+
+demo: build data
 	$(PY) -m eexit demo
 
-test: build
+test: build data
 	$(PY) -m ruff check .
 	EEXIT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable -k "N64-C10-"

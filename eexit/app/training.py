@@ -83,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     val_size: Optional[int] = None
+    train_size: Optional[int] = None
     device: str = "cpu"
     workers: int = 0
     resume: bool = False
@@ -107,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise ValueError(f"--augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"--train-size must be >= 1, got {self.train_size}")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         if not (self.distill_weight >= 0 and math.isfinite(self.distill_weight)):
@@ -217,10 +220,17 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, Any]:
     rank, world, device = _distributed(cfg.device)
     log = log if rank == 0 else (lambda *a, **k: None)
     entry = zoo.entry(cfg.model)
-    splits = data.load_splits(cfg.data, cfg.data_dir, split_seed=cfg.split_seed, val_size=cfg.val_size,
+    data_dir = data.resolve_data_dir(cfg.data, cfg.data_dir)  # recorded: where the data were found
+    splits = data.load_splits(cfg.data, data_dir, split_seed=cfg.split_seed, val_size=cfg.val_size,
                               image_size=entry.input_shape[1])
+    if cfg.train_size is not None:
+        if cfg.train_size > len(splits.train):
+            raise ValueError(f"--train-size {cfg.train_size} is more than the {len(splits.train)} samples of the "
+                             f"{cfg.data} training split")
+        keep = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.split_seed))
+        splits = splits._replace(train=splits.train.subset(keep[:cfg.train_size].sort().values))
     spec = InputSpec(entry.input_shape, splits.mean, splits.std)
-    data_info = dict(name=cfg.data, data_dir=cfg.data_dir and os.path.abspath(cfg.data_dir),
+    data_info = dict(name=cfg.data, data_dir=data_dir and os.path.abspath(data_dir), train_size=len(splits.train),
                      split_seed=cfg.split_seed, val_size=cfg.val_size, classes=list(splits.classes),
                      mean=list(splits.mean), std=list(splits.std))
     kind = cfg.augment or splits.augment

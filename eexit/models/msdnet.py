@@ -51,21 +51,22 @@ PRUNE_RULES = ("max", "min")
 # ----------------------------------------------------------------------------------------------
 
 class MSDStem(nn.Module):
-    """First layer (official ``MSDNFirstLayer``): image [N, 3, H, W] -> one map per scale.
+    """First layer (official ``MSDNFirstLayer``): image [N, in_channels, H, W] -> one map per scale.
 
     CIFAR: scale 0 is a 3x3 ConvBNReLU, [N, c_0, H, W]. ImageNet: conv 7x7 stride 2 (bias) + BN +
     ReLU + max-pool 3x3 stride 2 pad 1, [N, c_0, H/4, W/4]. Scale s >= 1: a 3x3 stride-2 ConvBNReLU
     of scale s - 1, c_s = n_channels * gr_factor[s] channels.
     """
 
-    def __init__(self, n_channels: int, gr_factor: Sequence[int], dataset: str, backend: str = "auto") -> None:
+    def __init__(self, n_channels: int, gr_factor: Sequence[int], dataset: str, backend: str = "auto",
+                 in_channels: int = 3) -> None:
         super().__init__()
         widths = [n_channels * g for g in gr_factor]
         if dataset == "cifar":
-            first: nn.Module = ConvBNReLU(3, widths[0], 3, 1, 1, backend=backend)
+            first: nn.Module = ConvBNReLU(in_channels, widths[0], 3, 1, 1, backend=backend)
         else:
             first = nn.Sequential(
-                nn.Conv2d(3, widths[0], 7, 2, 3),
+                nn.Conv2d(in_channels, widths[0], 7, 2, 3),
                 nn.BatchNorm2d(widths[0]),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
@@ -75,7 +76,7 @@ class MSDStem(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> Features:
-        """x [N, 3, H, W] -> [scale 0, scale 1, ...], each [N, c_s, H_s, W_s]."""
+        """x [N, in_channels, H, W] -> [scale 0, scale 1, ...], each [N, c_s, H_s, W_s]."""
         out = []
         for layer in self.layers:
             x = layer(x)
@@ -357,10 +358,14 @@ class MSDNet(EarlyExitModel):
             each scale drop for 'max', at 1/3 and 2/3 of the layers for 'min'; 0: none (reduction).
         num_classes: classes (the official code takes 10 / 100 / 1000 from the data set name).
         dataset: 'cifar' (3x3 stem, 128-wide classifiers, 32 px) or 'imagenet' (7x7 stem, classifiers
-            as wide as their input, 224 px). The model takes images [B, 3, 32, 32] or [B, 3, 224, 224]
-            in the parameters' dtype (``input_shape``, checked by forward and infer: the classifiers'
-            fixed pooling leaves their Linear 1x1 only near that size). Where the scales leave the
-            classifiers other than 1x1 at that size (not 3 CIFAR or 4 ImageNet scales), the size is free.
+            as wide as their input, 224 px). The model takes images [B, in_channels, 32, 32] or
+            [B, in_channels, 224, 224] in the parameters' dtype (``input_shape``, checked by forward
+            and infer: the classifiers' fixed pooling leaves their Linear 1x1 only near that size).
+            Where the scales leave the classifiers other than 1x1 at that size (not 3 CIFAR or 4
+            ImageNet scales), the size is free.
+        in_channels: image channels (3 in the official code; 1 for grey images such as Fashion-MNIST).
+        image_size: the image size the model takes, when not the data set's 32 / 224 px (e.g. 28 for
+            MNIST); with 3 CIFAR or 4 ImageNet scales it must leave the classifiers' Linear 1x1.
         backend: sets the compute path of every ConvBNReLU / BottleneckConv and the gate ops of
             :meth:`infer` (see :mod:`eexit.nn.execution`); "reference" runs everything in plain PyTorch.
 
@@ -370,8 +375,8 @@ class MSDNet(EarlyExitModel):
 
     def __init__(self, n_blocks: int, n_channels: int, base: int, step: int, step_mode: str, growth_rate: int,
                  gr_factor: Sequence[int], bn_factor: Sequence[int], *, num_classes: int, dataset: str,
-                 bottleneck: bool = True, prune: str = "max", reduction: float = 0.5,
-                 backend: str = "auto") -> None:
+                 bottleneck: bool = True, prune: str = "max", reduction: float = 0.5, in_channels: int = 3,
+                 image_size: Optional[int] = None, backend: str = "auto") -> None:
         super().__init__(backend)  # checks backend, sets gate_ops
         _positive_int("n_blocks", n_blocks)
         _positive_int("n_channels", n_channels)
@@ -395,13 +400,17 @@ class MSDNet(EarlyExitModel):
         if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not 0 <= reduction <= 1:
             raise ValueError(f"MSDNet: reduction must be a number in [0, 1], got {reduction!r}")
         _positive_int("num_classes", num_classes)
+        _positive_int("in_channels", in_channels)
+        if image_size is not None:
+            _positive_int("image_size", image_size)
         if dataset not in DATASETS:
             raise ValueError(f"MSDNet: dataset must be one of {DATASETS}, got {dataset!r}")
 
         self.config: Dict[str, Any] = dict(
             n_blocks=n_blocks, n_channels=n_channels, base=base, step=step, step_mode=step_mode,
             growth_rate=growth_rate, gr_factor=gr_factor, bn_factor=bn_factor, bottleneck=bottleneck,
-            prune=prune, reduction=reduction, num_classes=num_classes, dataset=dataset,
+            prune=prune, reduction=reduction, num_classes=num_classes, dataset=dataset, in_channels=in_channels,
+            image_size=image_size,
         )
         self.n_blocks, self.n_scales, self.num_classes = n_blocks, len(gr_factor), num_classes
         self.steps = block_steps(n_blocks, base, step, step_mode)
@@ -411,7 +420,8 @@ class MSDNet(EarlyExitModel):
         self.classifier = nn.ModuleList()
         n_in, layer = n_channels, 0
         for n_steps in self.steps:
-            units: List[nn.Module] = [MSDStem(n_channels, gr_factor, dataset, backend)] if layer == 0 else []
+            stem = [MSDStem(n_channels, gr_factor, dataset, backend, in_channels)]
+            units: List[nn.Module] = stem if layer == 0 else []
             for _ in range(n_steps):
                 layer += 1
                 in_scales, out_scales = layer_scales(layer, n_layers, self.n_scales, prune)
@@ -433,9 +443,13 @@ class MSDNet(EarlyExitModel):
             c_last = n_in * gr_factor[-1]
             hidden = 128 if dataset == "cifar" else c_last
             self.classifier.append(MSDClassifier(c_last, hidden, num_classes, backend))
-        size = IMAGE_SIZE[dataset]
-        fixed = size if classifier_takes(coarsest_size(size, dataset, self.n_scales)) else None
-        self.declare_input((3, fixed, fixed), "parameters", f"MSDNet ({DATASET_NAMES[dataset]})")
+        fixed = image_size or IMAGE_SIZE[dataset]
+        if not classifier_takes(coarsest_size(fixed, dataset, self.n_scales)):
+            if image_size is not None and classifier_takes(coarsest_size(IMAGE_SIZE[dataset], dataset, self.n_scales)):
+                raise ValueError(f"MSDNet: image_size={image_size} leaves the classifiers' Linear a map wider than "
+                                 f"1x1 with {self.n_scales} scales; {IMAGE_SIZE[dataset]} works")
+            fixed = None
+        self.declare_input((in_channels, fixed, fixed), "parameters", f"MSDNet ({DATASET_NAMES[dataset]})")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())

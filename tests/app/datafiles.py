@@ -101,3 +101,32 @@ def write_tree(root, counts, gen, size=(9, 11)):
     for cls, count in counts.items():
         for k in range(count):
             write_image(os.path.join(root, cls, f"img{k}.png"), *size, "RGB", gen)
+
+
+IDX_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: 00 00 08 ndim, big-endian uint32 sizes, the elements."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_idx_set(folder, gen: torch.Generator, n_train: int, n_test: int, gz: bool = True, size: int = 28):
+    """The four IDX files of an MNIST-like set (random images, labels 0..9) in folder, gzipped or
+    not; returns {split: (images uint8 [n, size, size], labels uint8 [n])}."""
+    import gzip
+
+    os.makedirs(folder, exist_ok=True)
+    data = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = torch.randint(0, 256, (n, size, size), generator=gen, dtype=torch.uint8).numpy()
+        labels = torch.randint(0, 10, (n,), generator=gen, dtype=torch.uint8).numpy()
+        for stem, array in zip(IDX_STEMS[split], (images, labels)):
+            payload = idx_bytes(array)
+            path = os.path.join(folder, stem + (".gz" if gz else ""))
+            with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+                f.write(payload)
+        data[split] = (images, labels)
+    return data

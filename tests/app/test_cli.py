@@ -11,7 +11,7 @@ import torch
 from eexit.app import checkpoint, zoo
 from eexit.app.cli import main
 
-from datafiles import write_cifar, write_tree
+from datafiles import write_cifar, write_idx_set, write_tree
 from helpers import generator, new_seed
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -30,7 +30,8 @@ def ok(*args):
 
 
 def test_demo_end_to_end(tmp_path):
-    out = ok("demo", "--msdnet-epochs", 1, "--lenet-epochs", 1, "--reps", 1, "--out-dir", tmp_path)
+    out = ok("demo", "--data", "digits", "--msdnet-epochs", 1, "--lenet-epochs", 1, "--reps", 1, "--out-dir",
+             tmp_path)
     for name in ("msdnet-digits.pt", "b-lenet.pt", "msdnet-digits.thresholds.json", "b-lenet.thresholds.json",
                  "demo.json", "demo.png"):
         assert (tmp_path / name).is_file(), name
@@ -59,6 +60,43 @@ def test_demo_end_to_end(tmp_path):
     for (_, values), m in zip(printed, demo["models"]):
         point = next(p for p in m["points"] if p["name"] == "accuracy drop 0.5")
         assert [float(v) for v in values.split()] == pytest.approx([float(t) for t in point["thresholds"]], rel=1e-6)
+
+
+def test_demo_on_idx_files(tmp_path):
+    """--data mnist from a folder of IDX files (5100 random training images: 5000 are held out for
+    validation), B-LeNet and msdnet-mnist, quick settings; the data set and folder recorded."""
+    write_idx_set(tmp_path / "idx", generator(new_seed()), 5100, 150)
+    out = ok("demo", "--data", "mnist", "--data-dir", tmp_path / "idx", "--train-size", 64, "--msdnet-epochs", 1,
+             "--lenet-epochs", 1, "--reps", 1, "--time-samples", 32, "--out-dir", tmp_path / "out")
+    assert out.startswith(f"eexit demo: MNIST from {tmp_path / 'idx'}")
+    demo = json.loads((tmp_path / "out" / "demo.json").read_text())
+    assert demo["data"] == "mnist" and demo["data_dir"] == str(tmp_path / "idx")
+    assert [m["model"] for m in demo["models"]] == ["b-lenet", "msdnet-mnist"]
+    for m in demo["models"]:
+        assert m["samples_timed"] == 32 and all(sum(p["test"]["exit_counts"]) == 150 for p in m["points"])
+        assert checkpoint.load(tmp_path / "out" / f"{m['model']}.pt")["data"]["train_size"] == 64
+    assert [t["model"] for t in demo["targets"]] == ["b-lenet", "msdnet-mnist"]
+
+
+def test_demo_data_choice(tmp_path):
+    from eexit.app.cli import cmd_demo
+    from eexit.app.data import idx
+
+    assert cmd_demo.choose_data("digits", None) == ("digits", None, None)
+    # auto without the files: digits, with a note saying where it looked and how to get them
+    name, folder, note = cmd_demo.choose_data("auto", tmp_path)
+    assert (name, folder) == ("digits", None)
+    assert str(tmp_path) in note and "dataset-fashion-mnist" in note and "digits instead" in note
+    res = run_cli("demo", "--data", "fashion-mnist", "--data-dir", tmp_path / "none")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"Fashion-MNIST folder {tmp_path / 'none'} does not exist" in res.stderr
+    write_idx_set(tmp_path / "f", generator(new_seed()), 3, 2)
+    assert cmd_demo.choose_data("auto", tmp_path / "f") == ("fashion-mnist", str(tmp_path / "f"), None)
+    if os.path.isdir(idx.FASHION_MNIST_DIR):  # Debian's package (make test installs it where it can)
+        assert cmd_demo.choose_data("auto", None) == ("fashion-mnist", idx.FASHION_MNIST_DIR, None)
+    for bad in (["--time-samples", 0], ["--train-size", 0]):
+        res = run_cli("demo", *bad)
+        assert res.returncode == 2 and f"{bad[0]} must be >= 1, got 0" in res.stderr
 
 
 def test_train_calibrate_eval_bench(tmp_path):

@@ -104,8 +104,8 @@ def test_cifar_errors(tmp_path):
         load_cifar(tmp_path / "empty", 100, False)
     with pytest.raises(ValueError, match="which must be 10 or 100"):
         load_cifar(tmp_path, 20, True)
-    with pytest.raises(ValueError, match="unknown dataset.*digits, cifar10, cifar100, folder"):
-        load_splits("mnist", tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset.*digits, fashion-mnist, mnist, cifar10, cifar100, folder"):
+        load_splits("svhn", tmp_path)
 
     write_cifar(tmp_path / "x", 10, generator(new_seed()), as_tar=False)
     folder = tmp_path / "x" / "cifar-10-batches-py"

@@ -62,11 +62,14 @@ def test_train_refuses_what_it_cannot_do(tmp_path):
     logs = []
     train(lenet(out, epochs=1, resume=True), log=logs.append)
     assert "nothing to do" in logs[-1]
-    for bad, match in ((dict(model="resnet-5"), "unknown model"), (dict(data="mnist"), "unknown data set"),
+    for bad, match in ((dict(model="resnet-5"), "unknown model"), (dict(data="svhn"), "unknown data set"),
                        (dict(epochs=0), "--epochs must be >= 1"), (dict(optimizer="lbfgs"), "--optimizer"),
                        (dict(lr=-1.0), "--lr"), (dict(augment="mixup"), "--augment"),
                        (dict(exit_weights=[1.0]), "one weight per exit"), (dict(device="cuda:7"), "--device cuda:7"),
-                       (dict(data="cifar10"), "--data-dir is required")):
+                       (dict(data="cifar10"), "--data-dir is required"),
+                       (dict(data="mnist"), "--data-dir is required for mnist"),
+                       (dict(train_size=0), "--train-size must be >= 1"),
+                       (dict(train_size=10**6), "--train-size 1000000 is more than the 1078 samples")):
         with pytest.raises(ValueError, match=match):
             train(lenet(tmp_path / "bad.pt", **{"epochs": 1, **bad}), log=lambda *_: None)
 

@@ -1,9 +1,11 @@
-"""``eexit demo``: the whole job on real data that ships offline (scikit-learn's handwritten digits).
+"""``eexit demo``: the whole job on real data: Fashion-MNIST when its files are there (Debian's
+``dataset-fashion-mnist``; MNIST with ``--data mnist``), else scikit-learn's digits, which ship
+offline inside the package.
 
-Trains a small MSDNet and a B-LeNet, calibrates thresholds on the validation split, and on the
-test split reports, per operating point, accuracy, exits per stage, expected cost and the measured
-throughput of real early exit vs the full network in both backends; writes checkpoints, a JSON of
-every figure and a PNG plot.
+Trains two early-exit models, calibrates thresholds on the validation split, and on the test split
+reports, per operating point, accuracy, exits per stage, expected cost and the measured throughput
+of real early exit vs the full network in both backends; writes checkpoints, a JSON of every figure
+and a PNG plot.
 """
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from eexit import ops, timing
-from eexit.app import checkpoint
+from eexit.app import checkpoint, data
 from eexit.app.cli.common import (
     HelpFormatter,
     common_options,
@@ -26,6 +28,7 @@ from eexit.app.cli.common import (
     table,
     thresholds_lines,
 )
+from eexit.app.data.idx import FASHION_MNIST_DIR, FILES, SOURCES, find_file
 from eexit.app.devices import resolve_device
 from eexit.app.evaluation import (
     calibrate_points,
@@ -39,11 +42,13 @@ from eexit.app.evaluation import (
 )
 from eexit.app.training import TrainConfig, train
 
-HELP = "the main job on scikit-learn's digits: train, calibrate, evaluate, time, plot"
-#: the demo's models and their training recipes (epochs are set by --msdnet-epochs / --lenet-epochs)
-RECIPES = {
-    "msdnet-digits": dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, batch_size=64),
-    "b-lenet": dict(optimizer="adam", lr=2e-3, weight_decay=0.0, batch_size=64),
+HELP = "the main job on Fashion-MNIST (or digits): train, calibrate, evaluate, time, plot"
+#: data set -> the demo's models, each with its training recipe and default epochs
+MODELS: Dict[str, Tuple[Tuple[str, Dict[str, object]], ...]] = {
+    "idx": (("b-lenet", dict(optimizer="adam", lr=2e-3, weight_decay=0.0, batch_size=128, epochs=3)),
+            ("msdnet-mnist", dict(optimizer="adam", lr=2e-3, weight_decay=0.0, batch_size=128, epochs=1))),
+    "digits": (("msdnet-digits", dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, batch_size=64, epochs=12)),
+               ("b-lenet", dict(optimizer="adam", lr=2e-3, weight_decay=0.0, batch_size=64, epochs=15))),
 }
 ACCURACY_DROP = 0.5  # points: the demo's operating point
 TARGET_COST, TARGET_SPEEDUP = 0.6, 1.5
@@ -52,29 +57,61 @@ TARGET_COST, TARGET_SPEEDUP = 0.6, 1.5
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "demo", parents=[common_options()], help=HELP, formatter_class=HelpFormatter,
-        description="On scikit-learn's handwritten digits (1797 real 8x8 images shipped inside the package, "
-        "resized to each model's input: 32x32 RGB for MSDNet, 28x28 grey for B-LeNet; split 60/20/20 into "
-        "train/validation/test), trains a small MSDNet (msdnet-digits) and a B-LeNet on --device, calibrates "
-        "per-exit thresholds on the validation split (budgets from the first exit's cost to the full "
-        "network's, and the cheapest point within 0.5 accuracy points of the full network), then on the test "
-        "split prints a table per model: accuracy, exits per stage, expected cost (MFLOPs per sample, the "
-        "official MSDNet counter's convention and what real early exit pays) and the measured throughput of "
-        "model.infer vs the full network, fused vs reference backend, and each operating point's thresholds, "
-        "one per exit as --thresholds of eval and bench takes them. Writes to --out-dir the checkpoints "
-        "msdnet-digits.pt and b-lenet.pt, their thresholds files msdnet-digits.thresholds.json and "
-        "b-lenet.thresholds.json (named after the checkpoint without its extension, as eexit calibrate "
-        "writes them), demo.json (every figure) and demo.png (accuracy vs cost and vs time). About 2 to 3 "
-        "minutes on 2 CPU cores.")
+        description="Trains two early-exit models on --device, calibrates per-exit thresholds on the validation "
+        "split (budgets from the first exit's cost to the full network's, and the cheapest point within 0.5 "
+        "accuracy points of the full network), then on the test split prints a table per model: accuracy, exits "
+        "per stage, expected cost (MFLOPs per sample, the official MSDNet counter's convention and what real early "
+        "exit pays) and the measured throughput of model.infer vs the full network, fused vs reference backend, "
+        "and each operating point's thresholds, one per exit as --thresholds of eval and bench takes them. "
+        f"Data: Fashion-MNIST (60000 + 10000 real 28x28 grey images, 5000 of the training images held out for "
+        f"validation) from --data-dir or {FASHION_MNIST_DIR} (Debian's dataset-fashion-mnist), with a B-LeNet and "
+        "an MSDNet for 28x28 grey input (msdnet-mnist); MNIST the same from --data-dir; or scikit-learn's "
+        "handwritten digits (1797 real 8x8 images shipped inside the package, split 60/20/20), with msdnet-digits "
+        "(32x32 RGB) and the B-LeNet, which is where --data auto falls back when the Fashion-MNIST files are not "
+        "found. Writes to --out-dir the checkpoints (<model>.pt, e.g. b-lenet.pt, msdnet-mnist.pt, or "
+        "msdnet-digits.pt on digits), their thresholds files (b-lenet.thresholds.json, msdnet-digits.thresholds.json: "
+        "named after the checkpoint without its extension, as eexit calibrate writes them), demo.json (every "
+        "figure) and demo.png (accuracy vs cost and vs time). About 4 minutes on 2 idle CPU cores on "
+        "Fashion-MNIST, 2 on digits.")
+    p.add_argument("--data", choices=["auto", "fashion-mnist", "mnist", "digits"], default="auto",
+                   help="data set; auto: Fashion-MNIST when its four IDX files are in --data-dir or the default "
+                   "folder, else digits (with a note saying how to get the real data)")
+    p.add_argument("--data-dir", type=Path, help=f"folder of the IDX files (default for Fashion-MNIST: "
+                   f"{FASHION_MNIST_DIR})")
     p.add_argument("--out-dir", type=Path, default=Path("demo-output"), help="where the outputs go")
-    p.add_argument("--msdnet-epochs", type=int, default=12, help="training epochs of the MSDNet")
-    p.add_argument("--lenet-epochs", type=int, default=15, help="training epochs of the B-LeNet")
-    p.add_argument("--reps", type=int, default=9,
+    p.add_argument("--msdnet-epochs", type=int, help="training epochs of the MSDNet (default 1 on Fashion-MNIST and "
+                   "MNIST, 12 on digits)")
+    p.add_argument("--lenet-epochs", type=int, help="training epochs of the B-LeNet (default 3 on Fashion-MNIST and "
+                   "MNIST, 15 on digits)")
+    p.add_argument("--train-size", type=int, help="train on this many samples of the training split (default: all; "
+                   "for quick runs)")
+    p.add_argument("--time-samples", type=int, default=1024,
+                   help="the batch the throughput is measured on: the first this many test samples (at most all)")
+    p.add_argument("--reps", type=int, default=5,
                    help="timed runs of each measurement (the median is reported; a warning when they vary over 1.5x)")
     p.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence", help="exit rule")
     p.add_argument("--seed", type=int, default=0, help="seed of the data split, the initialisation and training")
     p.set_defaults(run=run)
 
 
+def choose_data(choice: str, data_dir: Optional[Path]) -> Tuple[str, Optional[str], Optional[str]]:
+    """(data set, folder, note): ``auto`` takes Fashion-MNIST when all four IDX files are found in
+    ``data_dir`` or the default folder, else digits with a note saying how to get the real data;
+    a named IDX data set whose files are missing is an error (ValueError naming folder and file)."""
+    if choice == "digits":
+        return "digits", None, None
+    name = "fashion-mnist" if choice == "auto" else choice
+    try:
+        folder = data.resolve_data_dir(name, data_dir)
+        for split in FILES.values():
+            for stem in split:
+                find_file(folder, stem, name)
+    except ValueError as err:
+        if choice != "auto":
+            raise
+        return "digits", None, (f"Fashion-MNIST not found ({str(err).split('; ')[0]}): running on scikit-learn's "
+                                f"digits instead; for the real data, {SOURCES[name].how_to_get}")
+    return name, folder, None
 def budgets(costs) -> List[float]:
     """Six budgets (fractions of the full network's cost) from the first exit's cost up to the full network."""
     lo = math.ceil(100 * costs.actual[0] / costs.full) / 100
@@ -99,7 +136,8 @@ def evaluate_model(name: str, ckpt_path: Path, trained: Dict[str, object], args:
         p["test"] = operating_point(test_logits, test_labels, p["thresholds"], args.criterion, costs)
         p["test"]["infer_accuracy"] = infer_accuracy(model, splits.test, spec, p["thresholds"], args.criterion, 512,
                                                      device)
-    x = torch.cat([b for b, _ in model_inputs(splits.test, spec, len(splits.test), device)])
+    n_time = min(args.time_samples, len(splits.test))
+    x = next(model_inputs(splits.test, spec, n_time, device, indices=torch.arange(n_time)))[0]
     times = time_model(model, x, [p["thresholds"] for p in points], args.criterion, ("fused", "reference"), args.reps)
     for i, p in enumerate(points):
         p["timing"] = {b: dict(infer_ms=t["infer_ms"][i], speedup_vs_full=t["full_ms"] / t["infer_ms"][i])
@@ -155,19 +193,28 @@ def target_check(r: Dict[str, object]) -> Dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> None:
-    for name in ("msdnet_epochs", "lenet_epochs", "reps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("msdnet_epochs", "lenet_epochs", "reps", "time_samples", "train_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     device = resolve_device(args.device)
+    dataset, folder, note = choose_data(args.data, args.data_dir)
+    if note:
+        print(f"eexit demo: note: {note}", file=sys.stderr)
+    title = SOURCES[dataset].title if dataset in SOURCES else "scikit-learn digits"
     start = time.perf_counter()
-    print(f"eexit demo: scikit-learn digits, {device}, {torch.get_num_threads()} threads, "
+    print(f"eexit demo: {title}{f' from {folder}' if folder else ''}, {device}, {torch.get_num_threads()} threads, "
           f"extension {'yes' if ops.has_extension() else 'no (reference fallback)'}; outputs in {args.out_dir}/")
     results = []
-    for name, epochs in (("msdnet-digits", args.msdnet_epochs), ("b-lenet", args.lenet_epochs)):
+    for name, recipe in MODELS["digits" if dataset == "digits" else "idx"]:
+        recipe = dict(recipe)
+        default_epochs = recipe.pop("epochs")
+        epochs = getattr(args, "msdnet_epochs" if name.startswith("msdnet") else "lenet_epochs") or default_epochs
         path = args.out_dir / f"{name}.pt"
         t0 = time.perf_counter()
-        trained = train(TrainConfig(model=name, data="digits", out=str(path), epochs=epochs, seed=args.seed,
-                                    split_seed=args.seed, device=str(device), overwrite=True, **RECIPES[name]),
+        trained = train(TrainConfig(model=name, data=dataset, data_dir=folder, out=str(path), epochs=epochs,
+                                    seed=args.seed, split_seed=args.seed, train_size=args.train_size,
+                                    device=str(device), overwrite=True, **recipe),
                         log=lambda msg: print(f"  [{name}] {msg}"))
         seconds = time.perf_counter() - t0
         r = evaluate_model(name, path, trained, args, device)
@@ -179,15 +226,16 @@ def run(args: argparse.Namespace) -> None:
             print(f"eexit demo: warning: {name}: {r['noisy']}", file=sys.stderr)
         print()
     checks = [target_check(r) for r in results]
-    msd = checks[0]
-    print(f"target (msdnet-digits at '{msd['point']}'): test accuracy {100 * msd['accuracy']:.2f}% vs full "
-          f"{100 * msd['full_accuracy']:.2f}%, cost {100 * msd['cost_fraction']:.0f}% of the full network, fused "
-          f"infer {msd['speedup']:.2f}x its throughput: {'met' if msd['met'] else 'MISSED'}")
+    for c in checks:
+        print(f"target ({c['model']} at '{c['point']}'): test accuracy {100 * c['accuracy']:.2f}% vs full "
+              f"{100 * c['full_accuracy']:.2f}%, cost {100 * c['cost_fraction']:.0f}% of the full network, fused "
+              f"infer {c['speedup']:.2f}x its throughput: {'met' if c['met'] else 'MISSED'}")
     from eexit.app.plot import budget_plot
 
     budget_plot(results, args.out_dir / "demo.png", str(device))
     total = time.perf_counter() - start
-    checkpoint.save_json(dict(device=str(device), threads=torch.get_num_threads(), machine=platform.processor() or
-                              platform.machine(), torch=torch.__version__, seed=args.seed, criterion=args.criterion,
-                              seconds=total, models=results, targets=checks), args.out_dir / "demo.json")
+    checkpoint.save_json(dict(data=dataset, data_dir=folder, device=str(device), threads=torch.get_num_threads(),
+                              machine=platform.processor() or platform.machine(), torch=torch.__version__,
+                              seed=args.seed, criterion=args.criterion, seconds=total, models=results,
+                              targets=checks), args.out_dir / "demo.json")
     print(f"wrote {args.out_dir}/demo.json, {args.out_dir}/demo.png and the checkpoints; {total:.0f} s in all")

@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
         "evaluates each exit on the validation split after every epoch and writes the checkpoint --out "
         "atomically after every epoch (a temporary file renamed over it: an interrupted run loses at most the "
         "epoch in progress; --resume continues from the last complete one, with the same result as an "
-        "uninterrupted run). Data: digits (scikit-learn's, offline), cifar10 / cifar100 (the python-pickle "
+        "uninterrupted run). Data: digits (scikit-learn's, offline), fashion-mnist / mnist (the four IDX files, "
+        "gzipped or not, in --data-dir; Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist, where "
+        "Debian's package dataset-fashion-mnist puts them), cifar10 / cifar100 (the python-pickle "
         "archive from the CIFAR site, extracted or not, under --data-dir) or folder (an ImageFolder tree: "
         "--data-dir/CLASS/IMAGE, or train/ val/ test/ subfolders of such trees). Images are resized to the "
         "model's input and grey/colour converted as needed. Data parallel: torchrun --nproc-per-node N -m "
@@ -31,7 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, choices=list(zoo.MODELS), metavar="MODEL",
                    help="one of: " + ", ".join(zoo.MODELS))
     p.add_argument("--data", required=True, choices=data.DATASETS, help="data set")
-    p.add_argument("--data-dir", metavar="PATH", help="where the data set lies (not needed for digits)")
+    p.add_argument("--data-dir", metavar="PATH",
+                   help="where the data set lies (not needed for digits; default for fashion-mnist: "
+                   "/usr/share/datasets/fashion-mnist when it exists)")
     p.add_argument("--out", metavar="PATH", help="checkpoint file (default runs/MODEL-DATA.pt)")
     p.add_argument("--epochs", type=int, default=10, help="epochs in all (with --resume: including those done)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size")
@@ -43,10 +47,14 @@ def add_parser(sub) -> None:
                    help="cosine decay to 0 per step, or step: /10 at 50%% and 75%% of the steps")
     p.add_argument("--exit-weights", type=float, nargs="+", metavar="W", help="loss weight of each exit (default 1)")
     p.add_argument("--augment", choices=AUGMENTATIONS,
-                   help="training augmentation (default: shift for digits, crop-flip otherwise)")
+                   help="training augmentation (default: shift for digits, none for fashion-mnist and mnist, "
+                   "crop-flip otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation hold-out")
-    p.add_argument("--val-size", type=int, help="validation hold-out size (default: 5000 for CIFAR, 10%% for folders)")
+    p.add_argument("--val-size", type=int, help="validation hold-out size (default: 5000 for CIFAR, Fashion-MNIST "
+                   "and MNIST, 10%% for folders)")
+    p.add_argument("--train-size", type=int, help="train on this many samples of the training split, drawn by "
+                   "--split-seed (default: all; for quick runs)")
     p.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (folder data)")
     b = p.add_argument_group("from a trained backbone")
     b.add_argument("--init-from", metavar="FILE",

@@ -21,13 +21,16 @@ from eexit.app.data.datasets import (
     load_cifar,
     load_digits_images,
 )
+from eexit.app.data.idx import SOURCES as IDX_SOURCES
+from eexit.app.data.idx import load_idx, read_idx
+from eexit.app.data.idx import resolve_dir as resolve_idx_dir
 from eexit.app.data.transforms import AUGMENTATIONS, augment, to_model_input
 
 __all__ = ["AUGMENTATIONS", "DATASETS", "IMAGE_EXTENSIONS", "FolderImages", "ImageSplits", "TensorImages",
            "augment", "batches", "chunk_batches", "find_folder_images", "load_cifar", "load_digits_images",
-           "load_splits", "to_model_input"]
+           "load_idx", "load_splits", "read_idx", "resolve_data_dir", "to_model_input"]
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "folder")
 
 ImageDataset = Union[TensorImages, FolderImages]
 
@@ -58,6 +61,11 @@ def load_splits(name: str, data_dir=None, *, split_seed: int = 0, val_size: Opti
 
     - "digits": scikit-learn's 8x8 digits (``data_dir`` not used), a ``split_seed`` permutation
       cut 60/20/20 % (1078/359/360); mean and std of the training pixels; "shift" augmentation.
+    - "fashion-mnist", "mnist": the four IDX files (:func:`load_idx`; gzipped or not) in
+      ``data_dir``, which for Fashion-MNIST defaults to Debian's ``/usr/share/datasets/fashion-mnist``
+      when it exists; the 60000 training images minus ``val_size`` (default 5000) held out for
+      validation by a ``split_seed`` permutation, and the 10000 test images; 1 x 28 x 28 grey;
+      normalised by the training set's pixel mean and std; no augmentation ("none").
     - "cifar10", "cifar100": ``data_dir`` as in :func:`load_cifar`; the official training set
       minus ``val_size`` (default 5000) images held out for validation by a ``split_seed``
       permutation, and the official test set; MSDNet's normalisation; "crop-flip".
@@ -86,6 +94,12 @@ def load_splits(name: str, data_dir=None, *, split_seed: int = 0, val_size: Opti
         train, val, test = (data.subset(i.sort().values) for i in perm.split([n_train, n_val, n - n_train - n_val]))
         return ImageSplits(train, val, test, data.classes, (train.images.mean().item(),),
                            (train.images.std().item(),), "shift")
+    if name in IDX_SOURCES:
+        full, test = (load_idx(name, data_dir, split) for split in ("train", "test"))
+        train_idx, val_idx = _hold_out(len(full), 5000 if val_size is None else val_size, gen, name)
+        src = IDX_SOURCES[name]
+        return ImageSplits(full.subset(train_idx), full.subset(val_idx), test, full.classes, (src.mean,), (src.std,),
+                           "none")
     if data_dir is None:
         raise ValueError(f"--data-dir is required for {name}")
     if name in ("cifar10", "cifar100"):
@@ -97,6 +111,14 @@ def load_splits(name: str, data_dir=None, *, split_seed: int = 0, val_size: Opti
         return ImageSplits(full.subset(train_idx), full.subset(val_idx), test, full.classes, *_CIFAR_NORM[which],
                            "crop-flip")
     return _folder_splits(os.fspath(data_dir), gen, val_size, image_size)
+
+
+def resolve_data_dir(name: str, data_dir=None) -> Optional[str]:
+    """The folder data set ``name`` is read from: ``data_dir`` as given, or the data set's default
+    folder (Fashion-MNIST: Debian's, when it exists); None for digits, which needs none."""
+    if name in IDX_SOURCES:
+        return resolve_idx_dir(name, data_dir)
+    return None if data_dir is None else os.fspath(data_dir)
 
 
 def _hold_out(n: int, val_size: int, gen: torch.Generator, what: str) -> Tuple[Tensor, Tensor]:
