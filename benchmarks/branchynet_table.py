@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -24,11 +23,21 @@ import torch
 
 from eexit import flops
 from eexit.app.cli.common import subject_from_checkpoint
-from eexit.app.evaluation import collect_logits, model_costs, model_inputs, per_exit_accuracy
+from eexit.app.evaluation import (
+    collect_logits,
+    infer_accuracy,
+    model_costs,
+    model_inputs,
+    operating_point,
+    per_exit_accuracy,
+)
 from eexit.app.training import TrainConfig, train
 from eexit.reference import gate_scores
 from eexit.runner import run_full_network
 from eexit.timing import interleaved_medians
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import cpu_name  # noqa: E402  (benchmarks/reporting.py)
 
 ACCURACY_DROP = 0.5  # points
 TARGET_EARLY, TARGET_SPEEDUP = 0.60, 0.85  # >= 60 % early exits; speedup >= 0.85 x the cost ratio
@@ -42,6 +51,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--data", choices=["fashion-mnist", "mnist"], default="fashion-mnist")
     p.add_argument("--data-dir", help="folder of the four IDX files (default for Fashion-MNIST: Debian's)")
     p.add_argument("--checkpoint", type=Path, help="an eexit checkpoint of b-lenet (default: train one)")
+    p.add_argument("--work-dir", type=Path, help="where to train the checkpoint (default: a temporary folder; "
+                   "keep it out of the repository)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (Adam 2e-3, batch 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-size", type=int, help="train on this many samples (quick runs)")
@@ -120,34 +131,40 @@ def measure(args: argparse.Namespace, subject, recipe: str) -> Dict[str, object]
     x256 = next(model_inputs(splits.test, spec, n_time, torch.device("cpu"), indices=torch.arange(n_time)))[0]
     n1 = min(args.batch1_samples, len(splits.test))  # [n1, 1, C, H, W]: n1 batches of one
     x1 = next(model_inputs(splits.test, spec, n1, torch.device("cpu"), indices=torch.arange(n1)))[0].unsqueeze(1)
-    test_entropy = gate_scores(test_logits[0], "entropy")
-    test_correct = test_logits.argmax(2) == test_labels
     rows = []
     for name, t in choose_thresholds(val_logits, val_labels).items():
         thresholds = [t, float("inf")]
-        early = test_entropy < t
-        counts = [int(early.sum()), int((~early).sum())]
-        infer_right = sum(int((model.infer(x, thresholds, "entropy").pred == y).sum())
-                          for x, y in model_inputs(splits.test, spec, 1024, torch.device("cpu")))
-        cost_ratio = costs.full / flops.expected_cost(counts, costs.actual)
+        point = operating_point(test_logits, test_labels, thresholds, "entropy", costs)  # the cached-logit answer
+        counts = point["exit_counts"]
         b256 = time_per_sample(model, stages, exits, x256, thresholds, args.reps)
         b1 = time_per_sample(model, stages, exits, x1, thresholds, max(3, args.reps // 3))
         rows.append(dict(name=name, threshold=t, exit_counts=counts, exit_percent=100 * counts[0] / len(test_labels),
-                         simulated_accuracy=torch.where(early, test_correct[0], test_correct[1]).double().mean().item(),
-                         infer_accuracy=infer_right / len(test_labels), cost_ratio=cost_ratio,
-                         batch256_ms=b256, batch1_ms=b1, speedup256=b256["full"] / b256["infer"],
-                         speedup1=b1["full"] / b1["infer"]))
+                         simulated_accuracy=point["accuracy"], cost_mflops=point["cost_mflops"],
+                         infer_accuracy=infer_accuracy(model, splits.test, spec, thresholds, "entropy", 1024),
+                         cost_ratio=1 / point["cost_fraction"], batch256_ms=b256, batch1_ms=b1,
+                         speedup256=b256["full"] / b256["infer"], speedup1=b1["full"] / b1["infer"]))
     parts = {"batch 256": time_parts(stages, exits, x256, args.reps), "batch 1": time_parts(stages, exits, x1[0],
                                                                                           args.reps)}
     part_flops = {"stage 0": s_costs[0], "exit 0 (branch)": h_costs[0], "stage 1": s_costs[1], "exit 1": h_costs[1]}
     return dict(date=datetime.date.today().isoformat(), recipe=recipe,
                 dataset=args.data if args.checkpoint is None else "from the checkpoint",
-                machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                cpu=cpu_name(), threads=torch.get_num_threads(),
                 torch=torch.__version__, n_test=len(test_labels), n_val=len(val_labels), batch1_samples=n1,
                 test_exit_accuracy=per_exit_accuracy(test_logits, test_labels),
                 val_exit_accuracy=per_exit_accuracy(val_logits, val_labels), full_mflops=costs.full / 1e6,
                 exit_mflops=[c / 1e6 for c in costs.actual], rows=rows, parts=parts, part_flops=part_flops,
+                branch_vs_stage0=branch_vs_stage(parts, part_flops),
                 targets=targets(rows, per_exit_accuracy(test_logits, test_labels)[-1]), paper=PAPER)
+
+
+def branch_vs_stage(parts: Dict[str, Dict[str, float]], part_flops: Dict[str, float]) -> Dict[str, Dict[str, float]]:
+    """Per batch size: the branch's wall time over stage 0's, and the same per FLOP (1: alike per FLOP)."""
+    flop_ratio = part_flops["exit 0 (branch)"] / part_flops["stage 0"]
+    out = {}
+    for batch, ms in parts.items():
+        wall = ms["exit 0 (branch)"] / ms["stage 0"]
+        out[batch] = dict(wall=wall, flops=flop_ratio, wall_per_flop=wall / flop_ratio)
+    return out
 
 
 def targets(rows: List[Dict[str, object]], final_accuracy: float) -> List[str]:
@@ -167,8 +184,8 @@ def targets(rows: List[Dict[str, object]], final_accuracy: float) -> List[str]:
 
 def markdown(res: Dict[str, object]) -> str:
     acc = res["test_exit_accuracy"]
-    lines = [f"# BranchyNet Table 1 for B-LeNet, {res['dataset']}, CPU ({res['machine']}, torch {res['torch']}), "
-             f"{res['date']}", "",
+    lines = [f"# BranchyNet Table 1 for B-LeNet, {res['dataset']}, CPU ({res['cpu']}, {res['threads']} threads, "
+             f"torch {res['torch']}), {res['date']}", "",
              f"Weights: {res['recipe']}. Test split {res['n_test']} images, thresholds chosen on {res['n_val']} "
              f"validation images; entropy criterion (a sample leaves at the branch when its softmax entropy in nats "
              f"is below T). Exit accuracy on all test images: branch {100 * acc[0]:.2f} %, final {100 * acc[1]:.2f} %. "
@@ -193,10 +210,15 @@ def markdown(res: Dict[str, object]) -> str:
               "size not comparable) is quoted as recalled: check the paper.", "", "Targets at the chosen T:", ""]
     lines += [f"- {t}" for t in res["targets"]]
     lines += ["", "Where the time goes (ms per call, median; FLOPs per sample):", "",
-              "| part | MFLOPs | batch 256 ms | µs per sample | batch 1 ms |", "|---|---:|---:|---:|---:|"]
+              "| part | MFLOPs | batch 256 ms | µs per sample | GMAC/s at 256 | batch 1 ms | GMAC/s at 1 |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for part, mf in res["part_flops"].items():
         b256, b1 = res["parts"]["batch 256"][part], res["parts"]["batch 1"][part]
-        lines.append(f"| {part} | {mf / 1e6:.3f} | {b256:.3f} | {1e3 * b256 / 256:.2f} | {b1:.3f} |")
+        lines.append(f"| {part} | {mf / 1e6:.3f} | {b256:.3f} | {1e3 * b256 / 256:.2f} | {256 * mf / 1e6 / b256:.1f} "
+                     f"| {b1:.3f} | {mf / 1e6 / b1:.2f} |")
+    lines.append("")
+    lines += [f"Branch / stage 0 at {batch}: wall {r['wall']:.2f}x for {r['flops']:.2f}x the FLOPs, "
+              f"{r['wall_per_flop']:.2f}x per FLOP." for batch, r in res["branch_vs_stage0"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -206,9 +228,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, name) < 1:
             print(f"branchynet_table: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    repo = Path(__file__).resolve().parents[1]
+    if args.work_dir is not None and repo in [args.work_dir.resolve(), *args.work_dir.resolve().parents]:
+        print(f"branchynet_table: error: --work-dir {args.work_dir} is inside the repository {repo}; "
+              "trained checkpoints stay out of it", file=sys.stderr)
+        return 2
     try:
-        with tempfile.TemporaryDirectory(prefix="branchynet-table-") as work:
-            subject, recipe = get_model(args, Path(work))
+        with tempfile.TemporaryDirectory(prefix="branchynet-table-") as tmp:
+            if args.work_dir is not None:
+                args.work_dir.mkdir(parents=True, exist_ok=True)
+            subject, recipe = get_model(args, args.work_dir or Path(tmp))
             res = measure(args, subject, recipe)
     except ValueError as err:  # missing or corrupt data, a checkpoint that is not B-LeNet's
         print(f"branchynet_table: error: {err}", file=sys.stderr)

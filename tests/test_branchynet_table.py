@@ -19,8 +19,8 @@ def test_table_on_tiny_data(tmp_path, capsys, one_thread):
     write_idx_set(tmp_path / "idx", generator(new_seed()), 5200, 120)
     rc = bt.main(["--data", "mnist", "--data-dir", str(tmp_path / "idx"), "--train-size", "200", "--epochs", "1",
                   "--reps", "1", "--batch1-samples", "3", "--json", str(tmp_path / "t.json"), "--out",
-                  str(tmp_path / "t.md")])
-    assert rc == 0
+                  str(tmp_path / "t.md"), "--work-dir", str(tmp_path / "work")])
+    assert rc == 0 and (tmp_path / "work" / "b-lenet.pt").is_file()
     res = json.loads((tmp_path / "t.json").read_text())
     text = (tmp_path / "t.md").read_text()
     assert capsys.readouterr().out.strip() == text.strip()
@@ -31,6 +31,7 @@ def test_table_on_tiny_data(tmp_path, capsys, one_thread):
         assert sum(r["exit_counts"]) == 120 and r["exit_percent"] == pytest.approx(100 * r["exit_counts"][0] / 120)
         expected = (r["exit_counts"][0] * exit_costs[0] + r["exit_counts"][1] * exit_costs[1]) / 120
         assert r["cost_ratio"] == pytest.approx(full / expected, rel=1e-6)
+        assert r["cost_mflops"] == pytest.approx(expected, rel=1e-6)
         for b in ("256", "1"):
             ms = r[f"batch{b}_ms"]
             assert ms["full"] > 0 and r[f"speedup{b}"] == pytest.approx(ms["full"] / ms["infer"])
@@ -40,7 +41,16 @@ def test_table_on_tiny_data(tmp_path, capsys, one_thread):
     shares = [r["exit_percent"] for r in res["rows"][1:]]
     assert abs(shares[0] - 60) <= 15 and abs(shares[1] - 90) <= 10  # test shares near the validation ones
     assert len(res["targets"]) == 3 and all(("met" in t) or ("MISSED" in t) for t in res["targets"])
-    assert "paper, MNIST: 0.025 | 94.3" in text and set(res["parts"]["batch 256"]) == set(res["part_flops"])
+    assert "paper, MNIST: 0.025 | 94.3" in text and "as recalled: check the paper" in text
+    assert set(res["parts"]["batch 256"]) == set(res["parts"]["batch 1"]) == set(res["part_flops"])
+    assert res["threads"] == 1 and res["cpu"] in text.splitlines()[0]
+    for batch, r in res["branch_vs_stage0"].items():
+        ms, fl = res["parts"][batch], res["part_flops"]
+        assert r["wall"] == pytest.approx(ms["exit 0 (branch)"] / ms["stage 0"])
+        assert r["wall_per_flop"] == pytest.approx(r["wall"] * fl["stage 0"] / fl["exit 0 (branch)"])
+        assert f"Branch / stage 0 at {batch}: wall {r['wall']:.2f}x" in text
+    ms, fl = res["parts"]["batch 256"]["stage 1"], res["part_flops"]["stage 1"]
+    assert f"| stage 1 | {fl / 1e6:.3f} | {ms:.3f} | {1e3 * ms / 256:.2f} | {256 * fl / 1e6 / ms:.1f} |" in text
 
 
 def test_choose_thresholds_rule():
@@ -70,3 +80,11 @@ def test_missing_data_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("branchynet_table: error: MNIST folder") and str(tmp_path / "nowhere") in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_work_dir_in_the_repository_is_refused(tmp_path, capsys):
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    assert bt.main(["--data-dir", str(tmp_path), "--work-dir", os.path.join(repo, "benchmarks", "w")]) == 2
+    err = capsys.readouterr().err
+    assert "inside the repository" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(os.path.join(repo, "benchmarks", "w"))
