@@ -146,15 +146,16 @@ def measure(args: argparse.Namespace, subject, recipe: str) -> Dict[str, object]
     parts = {"batch 256": time_parts(stages, exits, x256, args.reps), "batch 1": time_parts(stages, exits, x1[0],
                                                                                           args.reps)}
     part_flops = {"stage 0": s_costs[0], "exit 0 (branch)": h_costs[0], "stage 1": s_costs[1], "exit 1": h_costs[1]}
+    test_accuracy = per_exit_accuracy(test_logits, test_labels)
     return dict(date=datetime.date.today().isoformat(), recipe=recipe,
                 dataset=args.data if args.checkpoint is None else "from the checkpoint",
                 cpu=cpu_name(), threads=torch.get_num_threads(),
                 torch=torch.__version__, n_test=len(test_labels), n_val=len(val_labels), batch1_samples=n1,
-                test_exit_accuracy=per_exit_accuracy(test_logits, test_labels),
+                test_exit_accuracy=test_accuracy,
                 val_exit_accuracy=per_exit_accuracy(val_logits, val_labels), full_mflops=costs.full / 1e6,
                 exit_mflops=[c / 1e6 for c in costs.actual], rows=rows, parts=parts, part_flops=part_flops,
                 branch_vs_stage0=branch_vs_stage(parts, part_flops),
-                targets=targets(rows, per_exit_accuracy(test_logits, test_labels)[-1]), paper=PAPER)
+                targets=targets(rows, test_accuracy[-1]), paper=PAPER)
 
 
 def branch_vs_stage(parts: Dict[str, Dict[str, float]], part_flops: Dict[str, float]) -> Dict[str, Dict[str, float]]:

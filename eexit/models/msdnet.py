@@ -420,8 +420,8 @@ class MSDNet(EarlyExitModel):
         self.classifier = nn.ModuleList()
         n_in, layer = n_channels, 0
         for n_steps in self.steps:
-            stem = [MSDStem(n_channels, gr_factor, dataset, backend, in_channels)]
-            units: List[nn.Module] = stem if layer == 0 else []
+            units: List[nn.Module] = [MSDStem(n_channels, gr_factor, dataset, backend, in_channels)] if layer == 0 \
+                else []
             for _ in range(n_steps):
                 layer += 1
                 in_scales, out_scales = layer_scales(layer, n_layers, self.n_scales, prune)

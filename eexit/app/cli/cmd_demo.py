@@ -112,6 +112,8 @@ def choose_data(choice: str, data_dir: Optional[Path]) -> Tuple[str, Optional[st
         return "digits", None, (f"Fashion-MNIST not found ({str(err).split('; ')[0]}): running on scikit-learn's "
                                 f"digits instead; for the real data, {SOURCES[name].how_to_get}")
     return name, folder, None
+
+
 def budgets(costs) -> List[float]:
     """Six budgets (fractions of the full network's cost) from the first exit's cost up to the full network."""
     lo = math.ceil(100 * costs.actual[0] / costs.full) / 100
