@@ -1,20 +1,22 @@
 """GPU check (``make gpu-check``): on a machine with an NVIDIA GPU, in one command and under a global
-deadline (8 minutes by default),
+deadline (8 minutes by default; --cap raises a step's share),
 
 1. ``build``: builds eexit against this machine's torch with this python (``pip install
    --no-build-isolation --no-deps --no-index -e .``, EEXIT_CUDA=1, MAX_JOBS up to 16,
    TORCH_CUDA_ARCH_LIST = the local GPU's capability only) and checks that the CUDA kernels load;
-2. ``tests``: ``EEXIT_TEST_GPU=1 python -m pytest tests/ops tests/kernels tests/nn tests/models
-   tests/test_calibrate.py`` (with pytest-xdist when installed: 8 workers, a crashed one replaced)
-   (Triton compiled for the GPU, not interpreted), recording the pass/fail counts;
+2. ``tests``: ``EEXIT_TEST_GPU=1 python -m pytest`` on :data:`GPU_TESTS` (with pytest-xdist when
+   installed: 8 workers with their share of the cores, a crashed one replaced) (Triton compiled for
+   the GPU, not interpreted), recording the pass/fail counts and each failure's report as it
+   happens (EEXIT_FAILURE_LOG, tests/conftest.py), so a run cut short still says why;
 3. ``bench_gate``, ``bench_dense``, ``bench_msdnet``: a condensed benchmark, each contender timed with
    CUDA synchronisation in interleaved rounds (:func:`eexit.timing.interleaved_medians`), medians:
-   the exit gate vs the eager composite vs torch.compile of it; a dense block, fused (Triton) vs the
-   reference backend eager vs torch.compile of it; MSDNet CIFAR-100 anytime, full network and
-   ``infer`` (thresholds calibrated to geometric exit fractions) in the reference and fused
-   backends, under torch.compile and :func:`eexit.compile`, after a first pass of fused ``infer``
-   over several batch sizes with each size's first call timed apart (a per-batch-size re-tune of
-   the Triton kernels shows there at once);
+   the exit gate vs the eager composite vs torch.compile of it; a dense block, the folded and the
+   Triton compute paths vs the reference backend eager and under torch.compile; MSDNet CIFAR-100
+   anytime, full network and ``infer`` (thresholds calibrated to geometric exit fractions) in the
+   reference and fused backends, under torch.compile and :func:`eexit.compile` (with and without
+   CUDA graphs), then, time allowing, a first pass of the Triton backend's ``infer`` over several
+   batch sizes with each size's first call timed apart (a per-batch-size re-tune of the Triton
+   kernels shows there at once);
 4. writes ``benchmarks/results/gpu-check-<device>-<date>.md`` (and a ``.json`` of the same figures)
    and prints the table.
 
@@ -25,8 +27,8 @@ a failure is recorded in the table, and the exit status is 1 when any step was n
 Dry run (``GPU_CHECK_DRY=1`` or ``--dry``): everything that needs no GPU, on the CPU at tiny sizes,
 so the script cannot rot (tests/test_gpu_check.py runs it): the build is only an import check of
 the installed extension, the tests step runs one small test file, the benchmarks run their code
-paths with 1-2 rounds, the dense block's fused contender runs the Triton kernels under
-TRITON_INTERPRET=1, torch.compile uses the ``eager`` backend (no code generation), MSDNet is a
+paths with 1-2 rounds, the Triton contenders run under TRITON_INTERPRET=1, torch.compile uses the
+``eager`` backend (no code generation), MSDNet is a
 2-block model, and the table goes to ``--out-dir`` (a new temporary folder by default).
 """
 from __future__ import annotations
@@ -48,7 +50,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,10 +59,11 @@ TITLES = {
     "build": "build",
     "tests": "tests",
     "bench_gate": "Exit gate: fused op vs eager composite vs torch.compile of it",
-    "bench_dense": "Dense block: fused (Triton) vs reference eager vs torch.compile(reference)",
+    "bench_dense": "Dense block: folded and Triton compute paths vs reference eager vs torch.compile(reference)",
     "bench_msdnet": "MSDNet CIFAR-100 anytime: full network and infer",
 }
-GPU_TESTS = ["tests/ops", "tests/kernels", "tests/nn", "tests/models", "tests/test_calibrate.py"]
+GPU_TESTS = ["tests/ops", "tests/kernels", "tests/nn", "tests/models", "tests/test_calibrate.py",
+             "tests/test_compiled.py::test_cuda_graphs_match_compiled_infer"]
 DRY_TESTS = ["tests/test_timing.py"]
 # (most seconds a step may take, seconds kept back for it while earlier steps run)
 GPU_LIMITS = {"build": (220, 30), "tests": (160, 30), "bench_gate": (80, 30), "bench_dense": (90, 30),
@@ -69,6 +72,7 @@ DRY_LIMITS = {"build": (60, 5), "tests": (60, 5), "bench_gate": (60, 5), "bench_
               "bench_msdnet": (90, 5)}
 MIN_STEP_S = 10  # a step that would get less is skipped
 LOG_TAIL_LINES = 40
+FAILURE_REPORT_LINES = 30  # error lines kept per failure
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,6 +96,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--arch", default=None,
                    help="TORCH_CUDA_ARCH_LIST for the build (default: the local GPU's capability, e.g. 9.0)")
     p.add_argument("--reps", type=int, default=None, help="interleaved rounds per benchmark (default 15-41; dry 1-2)")
+    p.add_argument("--cap", action="append", default=[], metavar="STEP=SECONDS", type=step_cap,
+                   help="raise or lower one step's time cap (repeatable), e.g. --cap tests=300")
     # one step in a worker process (the orchestrator starts these)
     p.add_argument("--worker", choices=STEPS, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -101,6 +107,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.budget is None:
         args.budget = 150.0 if args.dry else 470.0
     return args
+
+
+def step_cap(text: str) -> Tuple[str, float]:
+    """Parses --cap STEP=SECONDS."""
+    name, _, secs = text.partition("=")
+    try:
+        value = float(secs)
+    except ValueError:
+        value = -1.0
+    if name not in STEPS or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected STEP=SECONDS with STEP in {', '.join(STEPS)} and SECONDS > 0, "
+                                         f"got {text!r}")
+    return name, value
 
 
 def log(msg: str) -> None:
@@ -307,13 +326,24 @@ def pytest_counts(output: str) -> Dict[str, int]:
     return counts
 
 
+def failure_digest(text: str, lines_each: int = FAILURE_REPORT_LINES) -> str:
+    """Each failure of the failure log, its header and its first ``E`` lines (the error and where
+    it was raised), so that every failure's reason fits in the table."""
+    parts = []
+    for block in re.split(r"(?m)^=== ", text)[1:]:
+        lines = block.splitlines()
+        errors = [line for line in lines[1:] if line.startswith("E ")]
+        parts.append("\n".join(["=== " + lines[0]] + (errors or lines[1:])[:lines_each]))
+    return "\n\n".join(parts)
+
+
 def step_tests(args, info, timeout: float, log_dir: Path) -> Dict[str, object]:
     env = step_env(args.dry)
     paths = args.tests or (DRY_TESTS if args.dry else GPU_TESTS)
     if not args.dry:
         env.update(EEXIT_TEST_GPU="1", EEXIT_REQUIRE_EXTENSION="1", EEXIT_REQUIRE_CUDA_BUILD="1")
     # -v: one line per test, so the log of a run cut short names the test it was in
-    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE"]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", "--durations=15"]
     if args.test_timeout and importlib.util.find_spec("pytest_timeout") is not None:
         cmd.append(f"--timeout={args.test_timeout}")
         version = tuple(int(v) for v in re.findall(r"\d+", package_version("pytest-timeout"))[:2])
@@ -324,7 +354,14 @@ def step_tests(args, info, timeout: float, log_dir: Path) -> Dict[str, object]:
         # the CPU-side test work dominates, one GPU is shared; a crashed worker is replaced ("load":
         # xdist's loadfile scheduler has failed on reassigning a crashed worker's files)
         cmd += ["-n", str(workers), "--dist", "load", "--max-worker-restart", "16"]
+        # each worker gets its share of the cores: torch's default (all of them per process) made
+        # 8 workers oversubscribe 16 cores, and Inductor's compile pool (one process per core) too
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        env.update(OMP_NUM_THREADS=share, TORCHINDUCTOR_COMPILE_THREADS=share)
     cmd += paths
+    failure_log = log_dir / "failures.log"  # tests/conftest.py appends each failure as it happens
+    failure_log.unlink(missing_ok=True)
+    env["EEXIT_FAILURE_LOG"] = str(failure_log)
     res = run_logged(cmd, env, timeout - 5, log_dir / "tests.log")
     output = str(res["output"])
     counts = pytest_counts(output)
@@ -332,7 +369,11 @@ def step_tests(args, info, timeout: float, log_dir: Path) -> Dict[str, object]:
     env_note = "EEXIT_TEST_GPU=1 " if not args.dry else ""
     summary = f"`{env_note}pytest {' '.join(paths)}`: " + (
         ", ".join(f"{n} {what}" for what, n in counts.items()) or "no counts")
+    if not failed and failure_log.exists():  # a run cut short prints no summary: the log names them
+        failed = re.findall(r"^=== (\S+) \(", failure_log.read_text(errors="replace"), re.M)
     result: Dict[str, object] = {"counts": counts, "failed_tests": failed[:40], "seconds": res["seconds"]}
+    if failure_log.exists():
+        result["failure_reports"] = failure_digest(failure_log.read_text(errors="replace"))
     if res["rc"] is None:
         result.update(status="timeout", log_tail=tail(output))
         summary += f" (timed out after {res['seconds']:.0f} s; counts so far)"
@@ -495,15 +536,17 @@ def bench_gate(args) -> Bench:
 
 
 def bench_dense(args) -> Bench:
-    """DenseConcatBlock eval forward, fp16 channels_last batch 64 (dry: fp32, tiny, Triton interpreted)."""
+    """DenseConcatBlock eval forward, fp16 channels_last batch 64 (dry: fp32, tiny, Triton interpreted):
+    the folded and Triton compute paths against the reference eager and under torch.compile."""
     import torch
 
     from eexit.nn import DenseConcatBlock
-    from eexit.nn.execution import triton_usable
+    from eexit.nn.execution import set_compute_path, triton_usable
 
     torch._dynamo.config.cache_size_limit = 256
-    bench = Bench(args, [["eager", "fused"], ["compile", "fused"]],
-                  "per forward; eager/fused > 1: the fused backend is faster")
+    bench = Bench(args, [["eager", "folded"], ["compile", "folded"], ["eager", "triton"], ["compile", "triton"]],
+                  "per forward; a/b > 1: b is faster. folded: compute path 'folded' (what backend 'fused' runs); "
+                  "triton: the Triton kernels; eager: backend 'reference'")
     device = bench.device
     dtype = torch.float32 if args.dry else torch.float16
     batch = 2 if args.dry else 64
@@ -511,13 +554,10 @@ def bench_dense(args) -> Bench:
     shapes = ([("tiny C8 g4 L2 4px", 8, 4, 4, 2)] if args.dry else
               [("in64 g32 L6 32px", 64, 32, 32, 6), ("DenseNet-BC block C64 g32 L12 28px", 64, 28, 32, 12)])
     reps = args.reps or (1 if args.dry else 21)
-    if args.dry and triton_usable(device):
-        backend = "triton"
-        bench.note("fused: backend 'triton' under TRITON_INTERPRET=1 (the Triton kernels, interpreted on the CPU)")
-    else:
-        backend = "fused"
-        path = "Triton kernels" if triton_usable(device) else "folded PyTorch convolutions (Triton not usable)"
-        bench.note(f"fused: backend 'fused' = {path}")
+    if not triton_usable(device):
+        bench.note("triton: not usable here (no Triton, or on the CPU without TRITON_INTERPRET=1)")
+    elif args.dry:
+        bench.note("triton: under TRITON_INTERPRET=1 (the Triton kernels, interpreted on the CPU)")
     bench.note(f"{str(dtype).replace('torch.', '')}, channels_last, batch {batch}, eval, inference_mode; "
                f"torch.compile(reference module, dynamic=False, backend={bench.compile_backend!r}); {reps} rounds")
     for name, c, px, g, layers in shapes:
@@ -527,20 +567,25 @@ def bench_dense(args) -> Bench:
             continue
         try:  # built outside inference_mode: parameters made there are inference tensors
             torch.manual_seed(c * 100 + layers)
-            fused = DenseConcatBlock(c, g, layers, bn_size=4).eval().to(device=device, dtype=dtype)
-            fused = fused.to(memory_format=torch.channels_last).set_backend(backend)
-            ref = copy.deepcopy(fused).set_backend("reference")
+            ref = DenseConcatBlock(c, g, layers, bn_size=4).eval().to(device=device, dtype=dtype)
+            ref = ref.to(memory_format=torch.channels_last).set_backend("reference")
+            folded = set_compute_path(copy.deepcopy(ref), "folded")
+            triton = copy.deepcopy(ref).set_backend("triton") if triton_usable(device) else None
             compiled = torch.compile(ref, dynamic=False, backend=bench.compile_backend)
             x = torch.randn(batch, c, px, px).to(device=device, dtype=dtype, memory_format=torch.channels_last)
         except Exception as err:  # noqa: BLE001 - recorded in the table
             bench.problem(row, f"set-up: {error_text(err)}")
             traceback.print_exc()
             continue
+        fns = {"folded": lambda: folded(x), "eager": lambda: ref(x), "compile": lambda: compiled(x)}
+        if triton is not None:
+            fns["triton"] = lambda: triton(x)
         with torch.inference_mode():
-            ok = bench.warm(row, {"fused": lambda: fused(x), "eager": lambda: ref(x), "compile": lambda: compiled(x)})
-            if "fused" in ok and "eager" in ok:
-                diff = (ok["fused"]().float() - ok["eager"]().float()).abs().max().item()
-                row["notes"].append(f"max |fused - eager| {diff:.2g}")
+            ok = bench.warm(row, fns)
+            for other in ("folded", "triton"):
+                if other in ok and "eager" in ok:
+                    diff = (ok[other]().float() - ok["eager"]().float()).abs().max().item()
+                    row["notes"].append(f"max |{other} - eager| {diff:.2g}")
             bench.time(row, ok, reps)
     return bench
 
@@ -570,16 +615,19 @@ def bench_msdnet(args) -> Bench:
     from eexit.calibrate import fractions_for_cost
     from eexit.flops import expected_cost
     from eexit.models import MSDNet, msdnet_cifar_anytime
+    from eexit.nn.execution import triton_usable
 
     from early_exit_common import calibrate, contenders, costs
 
     torch._dynamo.config.cache_size_limit = 256
     bench = Bench(args, [["full ref", "full fused"], ["full ref compile", "full fused"],
                          ["full fused", "infer fused"], ["infer ref", "infer fused"],
-                         ["full ref compile", "infer compiled"], ["infer fused", "infer compiled"]],
+                         ["full ref compile", "infer compiled"], ["infer fused", "infer compiled"],
+                         ["infer compiled", "infer graphs"], ["full ref compile", "infer graphs"]],
                   "per batch; a/b > 1: b is faster. full: every stage, last exit (eexit.runner.run_full_network); "
-                  "infer: real early exit (model.infer); ref / fused: backend 'reference' / 'fused'; "
-                  "compiled: eexit.compile(model)")
+                  "infer: real early exit (model.infer); ref / fused: backend 'reference' / 'fused' (folded); "
+                  "compiled: eexit.compile(model); graphs: eexit.compile(model, cuda_graphs=True), "
+                  "buckets 1, 2, 4, ..., the batch")
     device = bench.device
     dtype = torch.float32 if args.dry else torch.float16
     batch, n_cal = (4, 32) if args.dry else (256, 1024)
@@ -598,6 +646,7 @@ def bench_msdnet(args) -> Bench:
         ref = build().eval().to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
         ref.set_backend("reference")
         fused = copy.deepcopy(ref).set_backend("fused")
+        triton = copy.deepcopy(ref).set_backend("triton") if triton_usable(device) else None
         cost = costs(ref, (3, 32, 32))
         lo, hi = cost["exit_costs"][0], cost["exit_costs"][-1]
         # 40% of the full network as in benchmarks/test_bench_msdnet.py, where the exits allow it
@@ -619,10 +668,8 @@ def bench_msdnet(args) -> Bench:
                  "infer ref": lambda: ref.infer(x, thresholds),
                  "infer fused": lambda: fused.infer(x, thresholds)}
         ok: Dict[str, Callable[[], object]] = {}
-        first_pass(bench, row, fused, x, thresholds)
-        # the reference contenders, then the fused ones (their first calls autotune the Triton kernels
-        # for every conv shape and active batch size), then the compiled ones: each group is timed with
-        # those before it as soon as it is warm, so a step cut short keeps what it had measured
+        # the reference contenders, then the fused ones, then the compiled ones: each group is timed
+        # with those before it as soon as it is warm, so a step cut short keeps what it had measured
         for group in (("full ref", "infer ref"), ("full fused", "infer fused")):
             ok.update(bench.warm(row, {k: eager[k] for k in group}))
             bench.time(row, ok, reps)
@@ -644,22 +691,37 @@ def bench_msdnet(args) -> Bench:
         # example_input compiles the graphs of both no_grad and inference_mode callers
         options: Dict[str, object] = {"backend": "eager"} if args.dry else {}
         options["example_input"] = x
-        try:
-            net = eexit.compile(copy.deepcopy(fused), **options)
-            seconds = net.compile_seconds
-            row["notes"].append(f"eexit.compile: {seconds:.1f} s")
-            compiled["infer compiled"] = lambda: net.infer(x, thresholds)
-        except Exception as err:  # noqa: BLE001 - recorded in the table
-            bench.problem(row, f"eexit.compile: {error_text(err)}")
-            traceback.print_exc()
+        graphs = bench.device.type == "cuda"
+        variants = [("infer compiled", {})] + ([("infer graphs", {"cuda_graphs": True, "buckets": [
+            2 ** k for k in range(batch.bit_length())] + [batch]})] if graphs else [])
+        for label, extra in variants:
+            if bench.left() < 40:
+                bench.problem(row, f"{label}: skipped, out of time")
+                continue
+            try:
+                net = eexit.compile(copy.deepcopy(fused), **options, **extra)
+                row["notes"].append(f"eexit.compile for {label}: {net.compile_seconds:.1f} s")
+                compiled[label] = lambda net=net: net.infer(x, thresholds)
+            except Exception as err:  # noqa: BLE001 - recorded in the table
+                bench.problem(row, f"{label}: {error_text(err)}")
+                traceback.print_exc()
+        if not graphs:
+            row["notes"].append("infer graphs: not run (CUDA graphs need a GPU)")
     with torch.inference_mode():
         ok.update(bench.warm(row, compiled, reserve=20))
-        if "infer compiled" in ok and "infer fused" in ok:
-            a, b = ok["infer compiled"](), ok["infer fused"]()
-            same = float((a.exit_index == b.exit_index).float().mean())
-            row["notes"].append(f"infer compiled vs fused: same exit for {same:.1%} of the samples")
+        for label in ("infer compiled", "infer graphs"):
+            if label in ok and "infer fused" in ok:
+                a, b = ok[label](), ok["infer fused"]()
+                same = float((a.exit_index == b.exit_index).float().mean())
+                row["notes"].append(f"{label} vs fused: same exit for {same:.1%} of the samples")
         if len(ok) > len(eager):
             bench.time(row, ok, reps)  # all contenders in the same interleaved rounds
+        if triton is None:
+            row["notes"].append("infer triton first pass: not run (Triton not usable here)")
+        elif bench.left() > (120 if bench.device.type == "cuda" else 20):  # the Triton kernels' tuning, last
+            first_pass(bench, row, triton, x, thresholds)
+        else:
+            row["notes"].append("infer triton first pass: not run, out of time")
     return bench
 
 
@@ -670,20 +732,21 @@ def first_pass(bench: Bench, row: Dict[str, object], model, x, thresholds) -> No
     sizes share the first one's. A first call far above the second at every size is a re-tune per
     batch size (the regression this is here to show)."""
     n = x.shape[0]
-    sizes = list(dict.fromkeys(max(1, round(n * f)) for f in (1.0, 0.9, 0.75, 0.6)))
+    # dry run: one sample, the Triton kernels interpreted (about 1 ms per program instance)
+    sizes = [1] if bench.dry else list(dict.fromkeys(max(1, round(n * f)) for f in (1.0, 0.9, 0.75, 0.6)))
     parts = []
     for size in sizes:
         if bench.left() < 30:
             bench.problem(row, "first pass: cut short, out of time")
             break
         ms = []
-        for _ in range(2):
+        for _ in range(1 if bench.dry else 2):
             start = time.perf_counter()
             model.infer(x[:size], thresholds)
             bench.sync()
             ms.append((time.perf_counter() - start) * 1e3)
-        parts.append(f"N={size} {ms[0]:.0f} / {ms[1]:.0f}")
-    row["notes"].append("infer fused, first pass (ms, first / second call at each new batch size): "
+        parts.append(f"N={size} " + " / ".join(f"{t:.0f}" for t in ms))
+    row["notes"].append("infer triton, first pass (ms, first / second call at each new batch size): "
                         + ", ".join(parts))
     bench.save()
 
@@ -793,6 +856,9 @@ def render(info: Dict[str, object], results: Dict[str, Dict[str, object]], args,
     tests = results.get("tests", {})
     if tests.get("failed_tests"):
         lines += ["", "Failed tests:", ""] + [f"- `{t}`" for t in tests["failed_tests"]]
+    if tests.get("failure_reports"):
+        lines += ["", "Failure reports (each failure's error lines):", "", "```",
+                  str(tests["failure_reports"]).replace("```", "'''"), "```"]
     for name in STEPS[2:]:
         if name in results and results[name].get("rows"):
             lines += ["", f"## {name}: {TITLES[name]}", ""] + bench_table(results[name])
@@ -825,7 +891,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     log(f"{'dry run, ' if args.dry else ''}budget {args.budget:.0f} s, logs in {log_dir}")
-    limits = DRY_LIMITS if args.dry else GPU_LIMITS
+    limits = dict(DRY_LIMITS if args.dry else GPU_LIMITS)
+    for name, secs in args.cap:
+        limits[name] = (secs, limits[name][1])
     results: Dict[str, Dict[str, object]] = {}
     selected = [s for s in STEPS if s in args.steps]
     for i, name in enumerate(selected):

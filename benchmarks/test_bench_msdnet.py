@@ -80,3 +80,35 @@ def test_msdnet_imagenet_race_stock(benchmark, device):
     x = torch.randn(16, 3, 224, 224, device=device)
     record_race(benchmark, net, thresholds, "confidence", x, cost, 7, f"msdnet {device} imagenet-step4",
                 "msdnet-imagenet-step4")
+
+
+def test_msdnet_gate_place(benchmark):
+    """eexit.compile with the gate and compaction between the compiled graphs (the default) vs
+    inside them (gate="inside": each stage, exit, gate and compaction one graph), and the fused
+    eager infer, CPU, batch 256, interleaved rounds; each compiled model warmed up first with the
+    thresholds used (the gated graphs specialise on them) in inference mode."""
+    import copy
+    import time
+
+    import eexit
+
+    net, thresholds, cost, fractions = setup("cpu")
+    x = torch.randn(256, 3, 32, 32)
+    models = {"infer fused": net}
+    warm = {}
+    for place in ("between", "inside"):
+        start = time.perf_counter()
+        model = eexit.compile(copy.deepcopy(net), gate=place, example_input=x[:16])
+        with torch.inference_mode():
+            for n in (1, 2, 16, 256):
+                model.infer(x[:n].clone(), thresholds)
+        warm[place] = time.perf_counter() - start
+        models[f"infer compiled, gate {place}"] = model
+    runs = {name: (lambda m=m: m.infer(x, thresholds)) for name, m in models.items()}
+    with torch.inference_mode():
+        want = net.infer(x, thresholds).exit_index
+        same = {name: float((m.infer(x, thresholds).exit_index == want).float().mean()) for name, m in models.items()}
+        assert min(same.values()) > 0.95, same  # compiled arithmetic may flip a sample at a threshold, not more
+        benchmark.group = "msdnet cpu cifar100-anytime batch=256 gate place"
+        record_interleaved(benchmark, runs, 11, "cpu", model="msdnet-cifar-anytime", batch=256,
+                           warmup_s=warm, same_exit_as_eager=same, **cost)

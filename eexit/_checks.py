@@ -318,13 +318,24 @@ def _check_tensor(fn: str, name: str, t: object, x: Optional[torch.Tensor] = Non
         raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def _is_nhwc(t: torch.Tensor) -> bool:
+    """Channels-last in memory. Besides torch's own flag, the exact NHWC strides are accepted:
+    under torch.compile with dynamic shapes, torch 2.11 reports a channels_last buffer made in the
+    graph (sizes symbolic) as not channels_last, while its strides are exactly these (seen on a GPU
+    image with torch 2.11; 2.14 answers True)."""
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    _, c, h, w = t.shape
+    return tuple(t.stride()) == (h * w * c, 1, w * c, c)
+
+
 def _check_x(fn: str, x: object, interpret: bool) -> None:
     _check_tensor(fn, "x", x)
     if x.dim() != 4:
         raise ValueError(f"{fn}: x must have shape [N, C, H, W] (rank 4), got {tuple(x.shape)}")
     if x.dtype not in GATE_DTYPES:
         raise TypeError(f"{fn}: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if not x.is_contiguous(memory_format=torch.channels_last):
+    if not _is_nhwc(x):
         raise ValueError(f"{fn}: x must be channels_last (NHWC in memory); use x.to(memory_format=torch.channels_last)")
     if x.device.type != "cuda" and not (interpret and x.device.type == "cpu"):
         raise ValueError(f"{fn}: x must be a CUDA tensor (or a CPU one under TRITON_INTERPRET=1), got {x.device}")
@@ -387,7 +398,7 @@ def _check_out(fn: str, out, c_out0, x: torch.Tensor, c_out: int, h_out: int, w_
     _check_tensor(fn, "out", out, x, dtype=x.dtype)
     if out.dim() != 4 or out.shape[0] != n or tuple(out.shape[2:]) != (h_out, w_out):
         raise ValueError(f"{fn}: out must have shape [{n}, C_total_out, {h_out}, {w_out}], got {tuple(out.shape)}")
-    if not out.is_contiguous(memory_format=torch.channels_last):
+    if not _is_nhwc(out):
         raise ValueError(f"{fn}: out must be channels_last (NHWC in memory)")
     _check_window(fn, "c_out0", c_out0, c_out, out.shape[1], "out")
 

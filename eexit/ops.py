@@ -135,12 +135,18 @@ if has_extension():
     def _exit_gate_fake(logits, threshold, criterion="confidence"):
         check_gate_args(logits, threshold, criterion)
         n = logits.shape[0]
-        n_exit = torch.library.get_ctx().new_dynamic_size()
+        # the exit and keep counts are two unbacked sizes that sum to n: with n - n_exit, Inductor
+        # 2.11 clamped n_exit's size hint to n and divided by the resulting zero hint of the keep
+        # count (ZeroDivisionError in its CPU code generator; found on a GPU image with torch 2.11)
+        ctx = torch.library.get_ctx()
+        n_exit, n_keep = ctx.new_dynamic_size(), ctx.new_dynamic_size()
         torch._check(n_exit <= n)
+        torch._check(n_keep <= n)
+        torch._check(n_exit + n_keep == n)
         idx = dict(dtype=torch.int64, device=logits.device)
         return (
             torch.empty((n_exit,), **idx),
-            torch.empty((n - n_exit,), **idx),
+            torch.empty((n_keep,), **idx),
             torch.empty((n,), **idx),
             torch.empty((n,), dtype=torch.float32, device=logits.device),
         )

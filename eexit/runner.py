@@ -64,12 +64,26 @@ def _compact(x: Features, keep: torch.Tensor, gate) -> Features:
     return gate.compact(list(x), keep)
 
 
+def gated_step(stage: nn.Module, head: nn.Module, h: Features, threshold: float, criterion: str,
+               gate: ModuleType = ops):
+    """Stage, exit, gate and compaction of one step: (logits [b, C], the gate's decision, the
+    stage output's rows that stay). What ``steps`` of :func:`run_early_exit` compute, in one
+    function that ``torch.compile`` can take whole (:func:`eexit.compile` with ``gate="inside"``)."""
+    h = stage(h)
+    logits = head(h)
+    dec = gate.exit_gate(logits, threshold, criterion)
+    return logits, dec, _compact(h, dec.keep_idx, gate)
+
+
 def run_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: Features,
-                   thresholds: Thresholds, criterion: str = "confidence", gate: ModuleType = ops) -> EarlyExitOutput:
+                   thresholds: Thresholds, criterion: str = "confidence", gate: ModuleType = ops,
+                   steps=None) -> EarlyExitOutput:
     """Runs stages and exits on the samples still active; see the module docstring.
 
     gate: the module whose ``exit_gate`` and ``compact`` split and compact the batch: :mod:`eexit.ops`
-    (fused, the default) or :mod:`eexit.reference`.
+    (fused, the default) or :mod:`eexit.reference`. steps: None, or one callable per exit but the
+    last, ``steps[k](h, threshold, criterion)`` computing what :func:`gated_step` computes for
+    stage k (a compiled one); used at every exit but the last where someone may leave.
     """
     if len(stages) != len(exits) or not stages:
         raise ValueError(f"stages and exits must be non-empty and as many, got {len(stages)} and {len(exits)}")
@@ -80,18 +94,23 @@ def run_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: F
     classes = None
     h = x
     for k, (stage, head) in enumerate(zip(stages, exits)):
-        h = stage(h)
-        logits = head(h)
+        last = k == len(exits) - 1
+        stepped = steps is not None and not last and thr[k] != math.inf
+        if stepped:
+            logits, dec, kept = steps[k](h, thr[k], criterion)
+        else:
+            h = stage(h)
+            logits = head(h)
         rows = n if active is None else active.numel()
         if logits.dim() != 2 or logits.shape[0] != rows:
             raise ValueError(f"exits[{k}] must return logits [{rows}, C], got shape {tuple(logits.shape)}")
         if classes is not None and logits.shape[1] != classes:
             raise ValueError(f"exits[{k}] returned {logits.shape[1]} classes, exits[0] returned {classes}")
         classes = logits.shape[1]
-        last = k == len(exits) - 1
         if not last and thr[k] == math.inf:
             continue  # nobody can leave here: no gate
-        dec = gate.exit_gate(logits, 0.0 if last else thr[k], criterion)  # the last one's split is unused
+        if not stepped:
+            dec = gate.exit_gate(logits, 0.0 if last else thr[k], criterion)  # the last one's split is unused
         leave = rows if last else dec.exit_idx.numel()
         if leave == rows:  # everyone left: no gathering
             parts.append((active, logits, dec.pred, dec.score, k))
@@ -103,7 +122,9 @@ def run_early_exit(stages: Sequence[nn.Module], exits: Sequence[nn.Module], x: F
                           dec.score.index_select(0, idx), k))
             keep = dec.keep_idx
             active = keep if active is None else active.index_select(0, keep)
-            h = _compact(h, keep, gate)
+            h = kept if stepped else _compact(h, keep, gate)
+        elif stepped:
+            h = kept  # everyone stays: the stage output's rows, all of them
     if len(parts) == 1 and parts[0][0] is None:  # the whole batch left at one exit
         _, logits, pred, score, k = parts[0]
         return EarlyExitOutput(logits, pred, torch.full_like(pred, k), score)

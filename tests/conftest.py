@@ -35,3 +35,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_runtest_logreport(report):
+    """EEXIT_FAILURE_LOG=FILE: each failure's report is appended to FILE as it happens (with
+    pytest-xdist, on the controller), so a run cut short by a time limit still says why its
+    failed tests failed (``make gpu-check`` reads it)."""
+    path = os.environ.get("EEXIT_FAILURE_LOG")
+    if path and report.failed and "PYTEST_XDIST_WORKER" not in os.environ:  # once: not in xdist's workers too
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(f"=== {report.nodeid} ({report.when}, {report.duration:.1f} s)\n{report.longreprtext}\n\n")

@@ -63,7 +63,8 @@ def test_no_recompilation_over_batch_sizes_1_to_512():
             assert out.logits.shape == (b, 5)
             if b % 64 == 1:
                 with torch.inference_mode():
-                    net.infer(x.clone(), [0.5, 0.0])
+                    net.infer(x.clone(), [0.5, 0.0])  # an inference tensor
+                    net.infer(x, [0.5, 0.0])  # a normal tensor in inference mode
         net.infer(torch.randn(0, 3, 8, 8), 0.5)
         net.infer(torch.randn(6, 3, 8, 8), 0.0)  # everyone leaves at exit 0: stage 1 sees nobody
     assert frames() == compiled
@@ -160,3 +161,150 @@ def test_time_model_keeps_a_compiled_model_compiled():
     assert set(times) == {"fused", "compiled"} and times["compiled"]["compile_s"] >= 0
     assert net.compiled_parts is parts
     assert {m.compute_path for m in net.modules() if isinstance(m, ConvBNReLU)} == {"reference"}
+
+
+class ShapeLog:
+    """Wraps a part and records the batch size of every call."""
+
+    def __init__(self, fn, sizes):
+        self.fn, self.sizes = fn, sizes
+
+    def __call__(self, x):
+        self.sizes.append((x if isinstance(x, torch.Tensor) else x[0]).shape[0])
+        return self.fn(x)
+
+
+def test_buckets_pad_the_active_batch_and_keep_the_answers():
+    """buckets=(...): every compiled part runs at bucket sizes only (a batch above the largest runs
+    as it is, an empty one eagerly), infer still equals the dense simulation and the unbucketed
+    compiled model, row for row, and no batch size recompiles after the warm-up."""
+    seed = new_seed()
+    buckets = (3, 8, 20)
+    plain = eexit.compile(toy_net(seed), backend="eager", example_input=torch.randn(4, 3, 8, 8))
+    net = eexit.compile(toy_net(seed), backend="eager", buckets=list(reversed(buckets)),
+                        example_input=torch.randn(4, 3, 8, 8))
+    sizes = []
+    for group in net.compiled_parts:
+        for part in group:
+            assert part.buckets == buckets
+            part.fn = ShapeLog(part.fn, sizes)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for b in (1, 2, 3, 5, 8, 9, 19, 20, 27):
+            x = torch.randn(b, 3, 8, 8, generator=generator(seed + b))
+            check_infer_matches_simulation(net, x, "confidence", seed)
+            with torch.inference_mode():
+                thr = [0.5, 0.0]
+                got, want = net.infer(x, thr), plain.infer(x, thr)
+            assert torch.equal(got.exit_index, want.exit_index), f"seed={seed} b={b}"
+            torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
+        net.infer(torch.randn(0, 3, 8, 8), 0.5)
+    assert sizes and set(sizes) <= set(buckets) | {0, 27}, sorted(set(sizes))  # 0: the empty batch, eagerly
+    assert 27 in sizes  # above the largest bucket: unpadded
+
+
+def test_bucket_choice():
+    from eexit.bucketed import BucketedPart
+
+    part = BucketedPart(lambda x: x, (4, 16, 64), False, {})
+    assert [part.bucket(n) for n in (0, 1, 4, 5, 16, 17, 64, 65)] == [None, 4, 4, 16, 16, 64, 64, None]
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        assert torch.equal(part(x), x)  # padded to 16 and cut back
+    assert part(x) is x  # autograd recording: run as it is
+
+
+def test_bucket_and_cuda_graph_errors():
+    net = toy_net(new_seed())
+    with pytest.raises(ValueError, match="buckets must be a non-empty sequence of positive ints"):
+        eexit.compile(net, buckets=[4, 0])
+    with pytest.raises(ValueError, match="buckets must be a non-empty sequence of positive ints"):
+        eexit.compile(net, buckets=[])
+    with pytest.raises(TypeError, match="buckets must be a sequence of positive ints, got int"):
+        eexit.compile(net, buckets=8)
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool, got str"):
+        eexit.compile(net, cuda_graphs="yes")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="mode='reduce-overhead' would add torch.compile's"):
+            eexit.compile(net, cuda_graphs=True, mode="reduce-overhead")
+    else:
+        with pytest.raises(ValueError, match=r"cuda_graphs=True needs a CUDA device"):
+            eexit.compile(net, cuda_graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_match_compiled_infer():
+    """cuda_graphs=True on MSDNet (multi-scale lists between stages): infer and forward equal the
+    compiled model without graphs; one graph per part and bucket used; outputs stay valid after
+    later replays (they are copied out of the graphs' memory)."""
+    seed = new_seed()
+    torch.manual_seed(seed)
+    model = MSDNet(2, 4, 2, 1, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=7, dataset="cifar").eval()
+    randomise_bn(model, generator(seed))
+    model = model.cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(37, 3, 32, 32, generator=generator(seed)).cuda().contiguous(memory_format=torch.channels_last)
+    import copy
+
+    plain = eexit.compile(copy.deepcopy(model))
+    graphed = eexit.compile(model, cuda_graphs=True, buckets=(8, 16, 64), example_input=x[:4])
+    assert graphed.compile_seconds > 0
+    with torch.inference_mode():
+        for out_g, out_p in zip(graphed(x), plain(x)):
+            torch.testing.assert_close(out_g, out_p, atol=1e-4, rtol=1e-4)
+        out, thr = check_infer_matches_simulation(graphed, x, "confidence", seed, tol=1e-4)
+        want = plain.infer(x, thr)
+        assert torch.equal(out.exit_index, want.exit_index), f"seed={seed}"
+        kept = out.logits.clone()
+        graphed.infer(torch.randn_like(x), thr)  # replays every graph with other data
+        assert torch.equal(out.logits, kept), "an output was overwritten by a later replay"
+    captured = sum(len(p.graphs) for group in graphed.compiled_parts for p in group)
+    assert captured >= 2 * len(graphed.compiled_parts[0]), captured
+
+
+def test_gate_inside_the_compiled_graphs():
+    """gate="inside": stage, exit, gate and compaction compiled as one graph per step (Inductor,
+    multi-scale MSDNet): infer equals the dense simulation and the gate-between model for both
+    criteria; after the first call per threshold set and kind of input, no batch size recompiles."""
+    seed = new_seed()
+    torch.manual_seed(seed)
+    model = MSDNet(2, 4, 2, 1, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=7, dataset="cifar").eval()
+    randomise_bn(model, generator(seed))
+    x = torch.randn(9, 3, 32, 32, generator=generator(seed))
+    import copy
+
+    between = eexit.compile(copy.deepcopy(model), backend="aot_eager")
+    inside = eexit.compile(model, gate="inside", backend="aot_eager", example_input=x[:2])
+    assert len(inside.compiled_steps) == 1 and between.compiled_steps is None
+    for criterion in ["confidence", "entropy"]:
+        out, thr = check_infer_matches_simulation(inside, x, criterion, seed, tol=1e-4)
+        with torch.inference_mode():
+            want = between.infer(x, thr, criterion)
+        assert torch.equal(out.exit_index, want.exit_index), f"seed={seed}"
+        torch.testing.assert_close(out.logits, want.logits, atol=1e-4, rtol=1e-4)
+    thr = [0.3, 0.0]
+    for b in WARM:
+        rows = torch.randn(b, 3, 32, 32, generator=generator(seed - b))  # not a view of x: torch guards views' bases
+        inside.infer(rows, thr)
+        with torch.inference_mode():
+            inside.infer(rows, thr)
+            inside.infer(rows.clone(), thr)
+    compiled = frames()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for b in range(1, 40, 3):
+            rows = torch.randn(b, 3, 32, 32, generator=generator(seed + b))
+            got = inside.infer(rows, thr)
+            with torch.inference_mode():
+                assert torch.equal(inside.infer(rows, thr).exit_index, got.exit_index)
+    assert frames() == compiled
+    eexit.uncompile(inside)
+    assert inside.compiled_steps is None and inside.compiled_parts is None
+
+
+WARM = eexit.compiled.WARMUP_BATCHES
+
+
+def test_gate_place_errors():
+    net = toy_net(new_seed())
+    with pytest.raises(ValueError, match=r"gate must be one of \('between', 'inside'\), got 'within'"):
+        eexit.compile(net, gate="within")
+    with pytest.raises(ValueError, match="buckets and cuda_graphs need gate='between'"):
+        eexit.compile(net, gate="inside", buckets=[4, 8])

@@ -55,6 +55,7 @@ class EarlyExitModel(nn.Module):
         super().__init__()
         self.gate_ops = BACKENDS[check_backend(backend)][1]
         self.compiled_parts: Optional[Tuple[list, list]] = None  # set by eexit.compile
+        self.compiled_steps: Optional[list] = None  # eexit.compile(gate="inside"): stage+exit+gate graphs
         self.compile_seconds: Optional[float] = None
 
     def declare_input(self, shape: Optional[Sequence[Optional[int]]] = None,
@@ -108,7 +109,8 @@ class EarlyExitModel(nn.Module):
         self.check_input(x)
         stages, exits = self.running_stages()
         gate = {"fused": ops, "reference": reference}[check_gate_ops(self.gate_ops)]
-        return run_early_exit(stages, exits, x, thresholds, criterion, gate=gate)
+        steps = self.compiled_steps if gate is ops and self.compiled_parts is not None else None
+        return run_early_exit(stages, exits, x, thresholds, criterion, gate=gate, steps=steps)
 
 
 class EarlyExitNetwork(EarlyExitModel):
