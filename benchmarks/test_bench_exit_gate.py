@@ -60,7 +60,11 @@ def test_exit_gate(benchmark, device, criterion, n, c, impl):
         for _ in range(3):  # compile and warm up outside the timing
             out = fn(x, thr, criterion)
         ref = ops.exit_gate(x, thr, criterion)
-        assert torch.equal(out[2], ref.pred)  # every contender computes the same argmax
+        # every contender computes the same argmax, except where the composite's softmax rounds two
+        # close logits to one probability (its max over probabilities may then pick the other)
+        differ = (out[2] != ref.pred).nonzero().flatten()
+        p = torch.softmax(x[differ].float(), dim=1)
+        assert torch.equal(p.gather(1, out[2][differ, None]), p.gather(1, ref.pred[differ, None])), differ
         benchmark.group = f"exit_gate {device} {criterion} N={n} C={c}"
         benchmark.extra_info.update(device=device, criterion=criterion, n=n, c=c, impl=impl)
         benchmark(fn, x, thr, criterion)
