@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from eexit._layout import memory_format_of
 
-#: buckets when cuda_graphs=True and none are given: powers of two up to 1024
+#: The buckets when cuda_graphs=True and none are given, powers of two up to 1024.
 DEFAULT_BUCKETS: Tuple[int, ...] = tuple(2 ** k for k in range(11))
 
 

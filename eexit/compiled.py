@@ -33,7 +33,7 @@ def _tensors(x: Any) -> list:
 # convolution backend (so the output layout) changes at 16 samples (ATen's ConvParams::use_mkldnn).
 # One warm-up batch in each range compiles every graph infer will need.
 WARMUP_BATCHES = (1, 2, 16)
-#: where the exit gate and the compaction run: between the compiled graphs, or inside them
+#: The places of the exit gate and the compaction, between the compiled graphs or inside them.
 GATE_PLACES = ("between", "inside")
 
 
