@@ -92,8 +92,10 @@ class EngineStats:
     requests whose input the model refused (their future holds the error); overloaded: ``submit``
     calls that raised :class:`EngineOverloaded`; pending: samples admitted and not yet answered now,
     peak_pending: the most at any time. Per stage: batches run, samples in them, seconds the worker
-    spent on them (stage, exit, gate, compaction and writing the answers), the median duration of the
-    latest batches (0 before any), and exits: samples that left at each exit.
+    spent on them (stage, exit, gate, compaction and writing the answers into the output buffer, not
+    handing them to the futures), the median duration of the latest batches (0 before any), and
+    exits: samples that left at each exit. A batch is counted before its requests' futures resolve,
+    so stats read once a result is in include the batch that produced it.
     """
 
     requests: int
@@ -602,8 +604,8 @@ class EarlyExitEngine:
                 m = stay.shape[0]
                 self._queues[k + 1].append(_Chunk(h, stay, m, min(c.t0 for c in chunks), sig))
                 self._queued[k + 1] += m
+        self._record(k, n, clock() - start)  # before the futures resolve: their callers see this batch counted
         self._deliver(done)
-        self._record(k, n, clock() - start)
 
     def _write(self, slots: torch.Tensor, logits: torch.Tensor, pred: torch.Tensor, score: torch.Tensor,
                k: int) -> None:
@@ -658,6 +660,7 @@ class EarlyExitEngine:
                     victims.append(req)
             self._leave(slots_cpu)
             self._failed += len(victims)
+        self._record(k, n, clock() - start)
         what = f"stage {k} (or its exit / gate) raised on a batch of {n} samples from {len(victims)} requests: {err!r}"
         for req in victims:
             e = StageFailed(what, k)
@@ -666,7 +669,6 @@ class EarlyExitEngine:
                 req.future.set_exception(e)
             except InvalidStateError:
                 pass
-        self._record(k, n, clock() - start)
 
     def _record(self, k: int, n: int, seconds: float) -> None:
         with self._lock:

@@ -569,3 +569,30 @@ def test_cuda_engine_takes_cpu_requests():
     for i, (r, a) in enumerate(zip(requests, answers)):
         assert a.logits.device.type == "cuda"
         assert_same_as_infer(net, r.cuda(), a, thr, "confidence", f"seed={seed} request={i}")
+
+
+def test_stats_count_a_batch_before_its_futures_resolve():
+    """Whoever reads stats() once a result (or a stage's error) is in sees the batches that produced
+    it: the engine records a batch before resolving its requests' futures. Read in a done-callback,
+    which runs in the worker as the future resolves (before the fix, the batch was recorded after)."""
+    seed = new_seed()
+    rng = random.Random(seed)
+    for poison in (None, 1):
+        net = tagged_network(seed, poison_stage=poison)
+        n = rng.randint(1, 7)
+        x = tagged_inputs(n, seed)
+        if poison is not None:
+            x[rng.randrange(n), 0] = -1.0  # stage 1 raises on this request's batch
+        with EarlyExitEngine(net, [math.inf, math.inf, 0.5], max_batch=64, max_wait_ms=0.0) as engine:
+            seen = []
+            fut = engine.submit(x)
+            fut.add_done_callback(lambda f: seen.append(engine.stats()))
+            if poison is None:
+                result(fut)
+            else:
+                assert isinstance(fut.exception(TIMEOUT), StageFailed)
+            stats = seen[0]
+        ran = 3 if poison is None else 2
+        assert stats.stage_batches == (1,) * ran + (0,) * (3 - ran), f"seed={seed}: {stats}"
+        assert stats.stage_samples == (n,) * ran + (0,) * (3 - ran), f"seed={seed}: {stats}"
+        assert (stats.completed, stats.failed) == ((1, 0) if poison is None else (0, 1)), f"seed={seed}"
