@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from eexit import flops
+from eexit import calibrate, flops
 from eexit.app.cli.common import subject_from_checkpoint
 from eexit.app.evaluation import (
     collect_logits,
@@ -82,16 +82,13 @@ def choose_thresholds(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, f
     """Entropy thresholds for the branch from validation logits [2, N, C]: the largest T whose early
     exit accuracy is within ACCURACY_DROP points of the final exit's ("chosen"), and the T sending
     about 60 % and 90 % out at the branch (entropy < T exits, the gate's rule)."""
-    entropy = gate_scores(logits[0], "entropy")
+    scores = torch.stack([gate_scores(z, "entropy") for z in logits])
     correct = logits.argmax(2) == labels
-    final = correct[1].double().mean().item()
-    order = entropy.sort().values
-    candidates = torch.cat([order, order[-1:] + 1])  # T just above each sample's entropy, then above all
-    best = 0.0
-    for t in candidates.unique().tolist():
-        early = entropy < t
-        if torch.where(early, correct[0], correct[1]).double().mean().item() >= final - ACCURACY_DROP / 100:
-            best = t
+    order = scores[0].sort().values
+    candidates = torch.cat([order, order[-1:] + 1]).unique().tolist()  # each sample's entropy, then above all
+    # the cheapest point within the drop = the largest T: eexit's sweep over every candidate (costs only order)
+    front = calibrate.threshold_sweep(scores, correct, [1.0, 2.0], [candidates], "entropy", chunk=1024)
+    best = calibrate.pick(front, ACCURACY_DROP / 100, baseline=correct[1].double().mean().item()).thresholds[0]
     n = len(order)
     return {"chosen": best, "60% at branch": order[int(0.6 * n)].item(), "90% at branch": order[int(0.9 * n)].item()}
 
