@@ -141,4 +141,40 @@ std::array<int64_t, 2> check_max_pool_args(const at::Tensor& x, at::IntArrayRef 
           pool_out_size(W, kernel_size[1], stride[1], padding[1], ceil_mode)};
 }
 
+std::array<int64_t, 2> check_direct_conv_args(const at::Tensor& x, const at::Tensor& weight,
+                                              const std::optional<at::Tensor>& bias, at::IntArrayRef padding) {
+  TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 3,
+                    "direct_conv2d: x must have shape [N, C_in, H, W] or [C_in, H, W] (rank 4 or 3), got shape ",
+                    x.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+                   "direct_conv2d: x must be float32, float16 or bfloat16, got torch.", c10::getDtypeNames(dt).first);
+  const int64_t C_in = x.size(-3), H = x.size(-2), W = x.size(-1);
+  TORCH_CHECK_VALUE(C_in >= 1 && H >= 1 && W >= 1, "direct_conv2d: x must have C_in, H and W >= 1, got shape ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 4, "direct_conv2d: weight must have shape [C_out, C_in, KH, KW] (rank 4), got shape ",
+                    weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) >= 1 && weight.size(1) == C_in && weight.size(2) >= 1 && weight.size(3) >= 1,
+                    "direct_conv2d: weight must have shape [C_out, ", C_in, ", KH, KW] with C_out, KH, KW >= 1 (x has ",
+                    C_in, " channels), got shape ", weight.sizes());
+  TORCH_CHECK_TYPE(weight.scalar_type() == dt, "direct_conv2d: weight must have x's dtype torch.",
+                   c10::getDtypeNames(dt).first, ", got torch.", c10::getDtypeNames(weight.scalar_type()).first);
+  TORCH_CHECK_VALUE(weight.device() == x.device(), "direct_conv2d: weight must be on x's device ", x.device(), ", got ",
+                    weight.device());
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "direct_conv2d: bias must have shape [",
+                      weight.size(0), "] (C_out), got shape ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == dt, "direct_conv2d: bias must have x's dtype torch.",
+                     c10::getDtypeNames(dt).first, ", got torch.", c10::getDtypeNames(bias->scalar_type()).first);
+    TORCH_CHECK_VALUE(bias->device() == x.device(), "direct_conv2d: bias must be on x's device ", x.device(), ", got ",
+                      bias->device());
+  }
+  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+                    "direct_conv2d: padding must be a pair of ints >= 0, got ", padding);
+  const int64_t KH = weight.size(2), KW = weight.size(3);
+  TORCH_CHECK_VALUE(H + 2 * padding[0] >= KH && W + 2 * padding[1] >= KW, "direct_conv2d: x's height and width [", H,
+                    ", ", W, "] plus twice padding ", padding, " must be at least the kernel [", KH, ", ", KW, "]");
+  return {H + 2 * padding[0] - KH + 1, W + 2 * padding[1] - KW + 1};
+}
+
 }  // namespace eexit

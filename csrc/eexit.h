@@ -49,6 +49,13 @@ void append_channels_aten(const at::Tensor& buf, const at::Tensor& src, int64_t 
 std::array<int64_t, 2> check_max_pool_args(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                            at::IntArrayRef padding, bool ceil_mode);
 
+// direct_conv2d: x [N, C_in, H, W] or [C_in, H, W] (N may be 0; C_in, H, W >= 1), float32/
+// float16/bfloat16; weight [C_out, C_in, KH, KW] and bias [C_out] (optional) of x's dtype and
+// device; padding a pair (h, w) >= 0 with H + 2 * padding >= KH (a non-empty output).
+// Returns the output's {H_out, W_out} (stride 1, dilation 1).
+std::array<int64_t, 2> check_direct_conv_args(const at::Tensor& x, const at::Tensor& weight,
+                                              const std::optional<at::Tensor>& bias, at::IntArrayRef padding);
+
 // The gate's outputs, in schema order.
 using GateResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 

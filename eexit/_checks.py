@@ -143,13 +143,13 @@ def check_append_args(buf, src, c0, pre=None, scale=None, shift=None) -> None:
 POOL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _as_pool_pair(name: str, value: object) -> Tuple[int, int]:
+def _as_pair(op: str, name: str, value: object) -> Tuple[int, int]:
     pair = (value, value) if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool) else value
     if not isinstance(pair, (tuple, list)) or any(isinstance(v, bool) or not isinstance(v, (int, torch.SymInt))
                                                   for v in pair):
-        raise TypeError(f"max_pool2d: {name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     if len(pair) != 2:
-        raise ValueError(f"max_pool2d: {name} must be an int or a pair of ints, got {list(pair)}")
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {list(pair)}")
     return pair[0], pair[1]
 
 
@@ -158,8 +158,9 @@ def pool_pairs(kernel_size: object, stride: object, padding: object, ceil_mode: 
     an int or a pair of ints (TypeError / ValueError otherwise), after checking that ceil_mode is a bool."""
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"max_pool2d: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
-    k = _as_pool_pair("kernel_size", kernel_size)
-    return k, k if stride is None else _as_pool_pair("stride", stride), _as_pool_pair("padding", padding)
+    k = _as_pair("max_pool2d", "kernel_size", kernel_size)
+    s = k if stride is None else _as_pair("max_pool2d", "stride", stride)
+    return k, s, _as_pair("max_pool2d", "padding", padding)
 
 
 def _pool_out_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
@@ -169,20 +170,28 @@ def _pool_out_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     return out
 
 
+def _check_image(op: str, x: object, dtypes: Sequence[torch.dtype], channels: str) -> Tuple[int, int, int]:
+    """x of an image op: a tensor [N, C, H, W] or [C, H, W] of one of ``dtypes`` with C, H, W >= 1
+    (``channels``: what the op calls C); returns (C, H, W)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"{op}: x must have shape [N, {channels}, H, W] or [{channels}, H, W] (rank 4 or 3), "
+                         f"got shape {list(x.shape)}")
+    if x.dtype not in dtypes:
+        names = [str(d).replace("torch.", "") for d in dtypes]
+        raise TypeError(f"{op}: x must be {', '.join(names[:-1])} or {names[-1]}, got {x.dtype}")
+    c, h, w = x.shape[-3:]
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"{op}: x must have {channels}, H and W >= 1, got shape {list(x.shape)}")
+    return c, h, w
+
+
 def check_max_pool_args(x, kernel_size, stride, padding, ceil_mode) -> Tuple[int, int]:
     """max_pool2d's tensor and values (pairs from :func:`pool_pairs`; see :func:`eexit.ops.max_pool2d`) as
     csrc/checks.cpp checks them; returns the output's (H_out, W_out)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"max_pool2d: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() not in (3, 4):
-        raise ValueError(f"max_pool2d: x must have shape [N, C, H, W] or [C, H, W] (rank 4 or 3), "
-                         f"got shape {list(x.shape)}")
-    if x.dtype not in POOL_DTYPES:
-        raise TypeError(f"max_pool2d: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    c, h, w = x.shape[-3:]
-    if c < 1 or h < 1 or w < 1:
-        raise ValueError(f"max_pool2d: x must have C, H and W >= 1, got shape {list(x.shape)}")
-    k, s, p = (list(_as_pool_pair(n, v)) for n, v in (("kernel_size", kernel_size), ("stride", stride),
+    h, w = _check_image("max_pool2d", x, POOL_DTYPES, "C")[1:]
+    k, s, p = (list(_as_pair("max_pool2d", n, v)) for n, v in (("kernel_size", kernel_size), ("stride", stride),
                                                             ("padding", padding)))
     if min(k) < 1:
         raise ValueError(f"max_pool2d: kernel_size must be >= 1, got {k}")
@@ -194,6 +203,50 @@ def check_max_pool_args(x, kernel_size, stride, padding, ceil_mode) -> Tuple[int
         raise ValueError(f"max_pool2d: x's height and width [{h}, {w}] plus twice padding {p} must be at least "
                          f"kernel_size {k}")
     return (_pool_out_size(h, k[0], s[0], p[0], ceil_mode), _pool_out_size(w, k[1], s[1], p[1], ceil_mode))
+
+
+# ----------------------------------------------------------------------------- direct_conv2d
+
+CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def conv_padding(padding: object) -> Tuple[int, int]:
+    """direct_conv2d's padding, an int or an (h, w) pair of ints, as a pair."""
+    return _as_pair("direct_conv2d", "padding", padding)
+
+
+def check_direct_conv_args(x, weight, bias, padding) -> Tuple[int, int]:
+    """direct_conv2d's tensors and padding (a pair from :func:`conv_padding`; see
+    :func:`eexit.ops.direct_conv2d`) as csrc/checks.cpp checks them; returns (H_out, W_out)."""
+    for name, t in (("weight", weight),) + ((("bias", bias),) if bias is not None else ()):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"direct_conv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+    c_in, h, w = _check_image("direct_conv2d", x, CONV_DTYPES, "C_in")
+    if weight.dim() != 4:
+        raise ValueError(f"direct_conv2d: weight must have shape [C_out, C_in, KH, KW] (rank 4), "
+                         f"got shape {list(weight.shape)}")
+    c_out, wc, kh, kw = weight.shape
+    if c_out < 1 or wc != c_in or kh < 1 or kw < 1:
+        raise ValueError(f"direct_conv2d: weight must have shape [C_out, {c_in}, KH, KW] with C_out, KH, KW >= 1 "
+                         f"(x has {c_in} channels), got shape {list(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"direct_conv2d: weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"direct_conv2d: weight must be on x's device {x.device}, got {weight.device}")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != c_out:
+            raise ValueError(f"direct_conv2d: bias must have shape [{c_out}] (C_out), got shape {list(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"direct_conv2d: bias must have x's dtype {x.dtype}, got {bias.dtype}")
+        if bias.device != x.device:
+            raise ValueError(f"direct_conv2d: bias must be on x's device {x.device}, got {bias.device}")
+    ph, pw = padding
+    if ph < 0 or pw < 0:
+        raise ValueError(f"direct_conv2d: padding must be a pair of ints >= 0, got {list(padding)}")
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"direct_conv2d: x's height and width [{h}, {w}] plus twice padding {list(padding)} must be "
+                         f"at least the kernel [{kh}, {kw}]")
+    return h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
 
 
 # ----------------------------------------------------------------------------- model inputs

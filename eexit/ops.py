@@ -1,9 +1,10 @@
 """eexit's fused ops, backed by the compiled extension ``eexit._C``.
 
-``exit_gate``, ``compact``, ``append_channels`` and ``max_pool2d`` are ``torch.library`` ops
-(``torch.ops.eexit.*``) with fake implementations, so they run under
+``exit_gate``, ``compact``, ``append_channels``, ``max_pool2d`` and ``direct_conv2d`` are
+``torch.library`` ops (``torch.ops.eexit.*``) with fake implementations, so they run under
 ``torch.compile(fullgraph=True)``. Their semantics are defined by :mod:`eexit.reference`
-(``max_pool2d``'s by ``torch.nn.functional.max_pool2d``). Without a built extension they fall back
+(``max_pool2d``'s by ``torch.nn.functional.max_pool2d``, ``direct_conv2d``'s by
+``torch.nn.functional.conv2d``). Without a built extension they fall back
 to the reference, with one warning; :func:`has_extension` says which is in use.
 The fused ops are inference-only: they refuse inputs that require grad while grad mode is on.
 """
@@ -21,15 +22,17 @@ from eexit._checks import (
     check_append_args,
     check_compact_args,
     check_criterion,
+    check_direct_conv_args,
     check_gate_args,
     check_logits,
     check_max_pool_args,
+    conv_padding,
     pool_pairs,
 )
 from eexit._layout import memory_format_of
 from eexit.reference import ExitDecision
 
-__all__ = ["ExitDecision", "append_channels", "compact", "exit_gate", "has_extension", "max_pool2d"]
+__all__ = ["ExitDecision", "append_channels", "compact", "direct_conv2d", "exit_gate", "has_extension", "max_pool2d"]
 
 try:
     from eexit import _C  # noqa: F401  (loading it registers torch.ops.eexit)
@@ -128,6 +131,30 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: 
     return _max_pool2d_op(x, k, s, p, ceil_mode)
 
 
+def direct_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                  padding=0) -> torch.Tensor:
+    """``torch.nn.functional.conv2d(x, weight, bias, stride=1, padding=padding)`` (dilation 1, one
+    group) by direct convolution on CPU, in float32 arithmetic (each output rounded once to x's
+    dtype): for layers with few channels (LeNet-like, C_in * KH * KW of tens), where PyTorch's
+    GEMM-shaped CPU convolution runs far below the machine's multiply-add rate, and at small
+    batches, where its per-call set-up dominates. :class:`eexit.nn.Conv2d` picks it by a measured rule.
+
+    x: [N, C_in, H, W] or [C_in, H, W] (N may be 0), float32/float16/bfloat16, any strides;
+    weight [C_out, C_in, KH, KW] and bias [C_out] (or None) of x's dtype and device; padding an
+    int or an (h, w) pair >= 0. The output keeps x's memory format when x is contiguous or
+    channels_last. NaN and inf propagate as in any sum of products. On other devices than the
+    CPU it runs ``F.conv2d`` (cuDNN on CUDA) after the same checks.
+    """
+    p = conv_padding(padding)
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if not has_extension() or not all(isinstance(t, torch.Tensor) for t in tensors) or x.device.type != "cpu":
+        check_direct_conv_args(x, weight, bias, p)  # types, shapes; then the reference off the CPU
+        return F.conv2d(x, weight, bias, padding=p)
+    if any(t.requires_grad for t in tensors):
+        _refuse_grad("direct_conv2d", tensors, train_with="torch.nn.functional.conv2d")
+    return _direct_conv2d_op(x, weight, bias, p)
+
+
 if has_extension():
     _exit_gate_op = torch.ops.eexit.exit_gate.default
 
@@ -157,6 +184,14 @@ if has_extension():
     def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
         h_out, w_out = check_max_pool_args(x, kernel_size, stride, padding, ceil_mode)
         return torch.empty((*x.shape[:-2], h_out, w_out), dtype=x.dtype, device=x.device,
+                           memory_format=memory_format_of(x))
+
+    _direct_conv2d_op = torch.ops.eexit.direct_conv2d.default
+
+    @torch.library.register_fake("eexit::direct_conv2d")
+    def _direct_conv2d_fake(x, weight, bias, padding):
+        h_out, w_out = check_direct_conv_args(x, weight, bias, padding)
+        return torch.empty((*x.shape[:-3], weight.shape[0], h_out, w_out), dtype=x.dtype, device=x.device,
                            memory_format=memory_format_of(x))
 
     @torch.library.register_fake("eexit::append_channels")

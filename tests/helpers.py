@@ -27,6 +27,12 @@ PREACT_TOL = {
 }
 
 
+# eexit.ops.direct_conv2d vs a float64 reference: at most CONV_ERROR_FACTOR times F.conv2d's own
+# error in the same dtype, plus CONV_ATOL (float32 sums of up to a few hundred products; one
+# rounding to half / bfloat16 at the end).
+CONV_ERROR_FACTOR = 4
+CONV_ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
 # Triton tests run under the interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1
 # unless EEXIT_TEST_GPU=1), or compiled on a CUDA GPU.
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

@@ -56,7 +56,7 @@ def thresholds_between_scores(all_logits, criterion):
     """Exit by exit, the midpoint of the widest gap near the middle of the scores of the samples
     still left: about half of them leave at every exit, and no remaining sample's score lies
     near a threshold (so fused and reference scores agree on every decision)."""
-    left = torch.ones(all_logits[0].shape[0], dtype=torch.bool)
+    left = torch.ones(all_logits[0].shape[0], dtype=torch.bool, device=all_logits[0].device)
     thr = []
     for z in all_logits[:-1]:
         score = gate_scores(z, criterion)

@@ -47,4 +47,28 @@ struct AppendArgs {
 void append_rows_default(const AppendArgs& args, int64_t begin, int64_t end);
 void append_rows_avx2(const AppendArgs& args, int64_t begin, int64_t end);
 
+// Direct stride-1 convolution rows (conv_kernel.h), float32. Output (oc, row, w) for
+// rows [0, rows), w in [0, W_out), all C_out channels:
+//   out[oc * out_cs + row * out_rs + w] = bias[oc] + sum over taps t = (ic * KH + kh) * KW + kw of
+//       weight[oc * C_in * KH * KW + t] * in[row * in_rs + w + tap_offsets[t]]
+// with tap_offsets[t] = ic * in_cs + kh * in_rs + kw.
+// `in` is the padded input; every row may be read up to ceil(W_out / lanes) * lanes + KW - 1
+// elements from its start (in_rs >= that), so the caller sizes its rows for it.
+struct ConvRowsArgs {
+  const float* in;
+  int64_t in_cs, in_rs;
+  const int64_t* tap_offsets;  // [C_in * KH * KW]
+  const float* weight;  // [C_out, C_in, KH, KW] contiguous
+  const float* bias;    // [C_out] or null
+  float* out;
+  int64_t out_cs, out_rs;
+  int64_t C_in, C_out, KH, KW, W_out, rows;
+};
+
+// The lanes of a vector of the build (rows are read in chunks of this many).
+int64_t conv_lanes_default();
+int64_t conv_lanes_avx2();
+void conv_rows_default(const ConvRowsArgs& args);
+void conv_rows_avx2(const ConvRowsArgs& args);
+
 }  // namespace eexit::cpu

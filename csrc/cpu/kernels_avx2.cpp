@@ -22,6 +22,7 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "cpu/append_kernel.h"
+#include "cpu/conv_kernel.h"
 #include "cpu/gate_kernel.h"
 
 namespace eexit::cpu {
@@ -31,6 +32,8 @@ void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
 void append_rows_avx2(const AppendArgs& args, int64_t begin, int64_t end) {
   AVX2::append_rows_dispatch(args, begin, end);
 }
+int64_t conv_lanes_avx2() { return AVX2::kConvLanes; }
+void conv_rows_avx2(const ConvRowsArgs& args) { AVX2::conv_rows_dispatch(args); }
 }  // namespace eexit::cpu
 #else
 namespace eexit::cpu {
@@ -40,5 +43,7 @@ void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
 void append_rows_avx2(const AppendArgs& args, int64_t begin, int64_t end) {
   append_rows_default(args, begin, end);
 }
+int64_t conv_lanes_avx2() { return conv_lanes_default(); }
+void conv_rows_avx2(const ConvRowsArgs& args) { conv_rows_default(args); }
 }  // namespace eexit::cpu
 #endif

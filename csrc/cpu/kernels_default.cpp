@@ -4,6 +4,7 @@
 
 #define CPU_CAPABILITY DEFAULT
 #include "cpu/append_kernel.h"
+#include "cpu/conv_kernel.h"
 #include "cpu/gate_kernel.h"
 
 namespace eexit::cpu {
@@ -30,5 +31,9 @@ void gate_rows_default(const GateArgs& args, int64_t begin, int64_t end) {
 void append_rows_default(const AppendArgs& args, int64_t begin, int64_t end) {
   DEFAULT::append_rows_dispatch(args, begin, end);
 }
+
+int64_t conv_lanes_default() { return DEFAULT::kConvLanes; }
+
+void conv_rows_default(const ConvRowsArgs& args) { DEFAULT::conv_rows_dispatch(args); }
 
 }  // namespace eexit::cpu

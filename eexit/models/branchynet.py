@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eexit.nn import EarlyExitNetwork, MaxPool2d
+from eexit.nn import Conv2d, EarlyExitNetwork, MaxPool2d
 
 __all__ = ["ResBlock", "b_alexnet", "b_lenet", "b_resnet110", "chainer_lrn", "BN_EPS", "INITS"]
 
@@ -59,9 +59,10 @@ _WSCALE = "_chainer_wscale"  # attribute read by _chainer_init_
 # layers with the official (Chainer) semantics
 # ----------------------------------------------------------------------------------------------
 
-def _conv(c_in: int, c_out: int, k: int, stride: int = 1, pad: int = 0, wscale: float = 1.0) -> nn.Conv2d:
-    """``L.Convolution2D(c_in, c_out, k, stride, pad, wscale)``: bias on, pad 0 by default."""
-    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, bias=True)
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1, pad: int = 0, wscale: float = 1.0) -> Conv2d:
+    """``L.Convolution2D(c_in, c_out, k, stride, pad, wscale)``: bias on, pad 0 by default. eexit's
+    Conv2d: F.conv2d to train, eexit.ops.direct_conv2d to infer where it is faster (few channels)."""
+    conv = Conv2d(c_in, c_out, k, stride=stride, padding=pad, bias=True)
     setattr(conv, _WSCALE, float(wscale))
     return conv
 

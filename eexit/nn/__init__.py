@@ -2,6 +2,7 @@
 from eexit.nn.conv import BottleneckConv, ConvBNReLU
 from eexit.nn.dense import DenseConcatBlock, DenseLayer
 from eexit.nn.dense_swap import fuse_dense_blocks
+from eexit.nn.direct_conv import Conv2d
 from eexit.nn.early_exit import EarlyExitModel, EarlyExitNetwork, attach_exits
 from eexit.nn.execution import (
     BACKENDS,
@@ -18,7 +19,7 @@ from eexit.nn.heads import CutExit, TokenHead, default_head, pool_linear_head
 from eexit.nn.pool import MaxPool2d
 
 __all__ = [
-    "BACKENDS", "COMPUTE_PATHS", "GATE_OPS", "BottleneckConv", "ComputePathModule", "ConvBNReLU", "CutExit",
+    "BACKENDS", "COMPUTE_PATHS", "GATE_OPS", "BottleneckConv", "ComputePathModule", "Conv2d", "ConvBNReLU", "CutExit",
     "DenseConcatBlock", "DenseLayer", "EarlyExitModel", "EarlyExitNetwork", "GraphStage", "MaxPool2d", "TokenHead",
     "attach_exits", "default_head", "fuse_dense_blocks", "pool_linear_head",
     "restoring_backends", "set_backend", "set_compute_path", "set_gate_ops",

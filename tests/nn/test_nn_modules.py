@@ -280,35 +280,41 @@ def test_dense_block_memory_is_linear_in_layers():
     assert fused[16] < 0.6 * ref[16], (fused, ref)
 
 
-CUDA_SCRIPT = r"""
-import sys, torch
-sys.path.insert(0, TESTS)
+LOW_PRECISION_SCRIPT = r"""
+import os, sys, torch
+sys.path[:0] = [TESTS, os.path.dirname(TESTS)]  # test_nn_modules, and helpers from tests/
 from test_nn_modules import KINDS, in_channels, make, run
 from helpers import generator
 for kind in KINDS:
     for dtype in (torch.float16, torch.bfloat16):
-        model = make(kind, SEED).cuda()
-        x = torch.randn(3, in_channels(model), 15, 13, generator=generator(SEED)).cuda()
+        model = make(kind, SEED).to(DEVICE)
+        x = torch.randn(3, in_channels(model), 15, 13, generator=generator(SEED)).to(DEVICE)
         ref = run(model, "reference", x)
         low = run(model.to(dtype), "reference", x.to(dtype)).float()  # PyTorch's own low-precision error
         bound = 4 * (low - ref).abs().max().item() + 1e-2
-        for backend in ("fused", "triton"):  # folded cuDNN convolutions, compiled Triton kernels
+        for backend in BACKENDS:
             err = (run(model, backend, x.to(dtype)).float() - ref).abs().max().item()
             assert err <= bound, (kind, backend, dtype, err, bound)
 print("ok")
 """
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fused_matches_reference():
-    """The fused backend (folded) and compiled Triton kernels on the GPU, within 4x PyTorch's own
-    low-precision error, in a child process: this process may run the interpreter
-    (TRITON_INTERPRET=1, set by tests/conftest.py)."""
+# cpu: the folded path (and the script itself, which otherwise only a GPU machine would run);
+# cuda: folded cuDNN convolutions and the compiled Triton kernels
+@pytest.mark.parametrize("device,backends", [
+    ("cpu", ("fused",)),
+    pytest.param("cuda", ("fused", "triton"),
+                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_low_precision_fused_matches_reference(device, backends):
+    """The fused backend (and on the GPU the Triton kernels, compiled) in fp16 and bf16, within 4x
+    PyTorch's own low-precision error against fp32, in a child process: this process may run the
+    Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py)."""
     import os
     import subprocess
     import sys
 
-    script = CUDA_SCRIPT.replace("TESTS", repr(os.path.dirname(__file__))).replace("SEED", str(new_seed()))
+    script = (LOW_PRECISION_SCRIPT.replace("TESTS", repr(os.path.dirname(__file__))).replace("SEED", str(new_seed()))
+              .replace("DEVICE", repr(device)).replace("BACKENDS", repr(backends)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -1,0 +1,70 @@
+"""A Conv2d whose inference path runs eexit's direct convolution where it is measured faster."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eexit import ops
+from eexit._checks import CONV_DTYPES
+from eexit.nn.execution import ComputePathModule
+
+#: C_in * KH * KW up to which the direct convolution is used at any batch size (one input
+#: channel 5x5, two channels 3x3): oneDNN's GEMM has almost no reduction depth there.
+DIRECT_MAX_TAPS = 25
+#: Multiply-adds of one call up to which the direct convolution is used whatever the channels
+#: (NCHW input / channels_last input): small batches, where oneDNN's per-call set-up dominates.
+DIRECT_MAX_MACS = {"nchw": 4_000_000, "channels_last": 2_000_000}
+
+
+def direct_conv_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether :func:`eexit.ops.direct_conv2d` beats ``F.conv2d`` for ``conv`` on ``x``, by the rule
+    measured on a 2-core AMD EPYC with torch 2.14.1 (``benchmarks/results/direct_conv-cpu-2026-12-04.md``):
+    a CPU float tensor, stride 1, dilation 1, one group, zero padding given as ints, and either
+    ``C_in * KH * KW <= DIRECT_MAX_TAPS`` or at most ``DIRECT_MAX_MACS`` multiply-adds. Larger
+    layers at larger batches run faster in oneDNN (up to 2-4x)."""
+    if (x.device.type != "cpu" or x.dtype not in CONV_DTYPES or x.dim() != 4 or conv.stride != (1, 1)
+            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str)):
+        return False
+    taps = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    if taps <= DIRECT_MAX_TAPS:
+        return True
+    n, _, h, w = x.shape
+    h_out = h + 2 * conv.padding[0] - conv.kernel_size[0] + 1
+    w_out = w + 2 * conv.padding[1] - conv.kernel_size[1] + 1
+    fmt = "channels_last" if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last) else "nchw"
+    return n * h_out * w_out * conv.out_channels * taps <= DIRECT_MAX_MACS[fmt]
+
+
+class Conv2d(nn.Conv2d, ComputePathModule):
+    """``nn.Conv2d`` (same arguments, parameters and state_dict) whose inference paths run
+    :func:`eexit.ops.direct_conv2d` where :func:`direct_conv_pays` says it is faster (few
+    channels, small batches, on CPU) and ``F.conv2d`` everywhere else.
+
+    The reference path (training, autograd) is ``F.conv2d``; every other path (``folded``,
+    ``triton``, ``fast``) applies the rule. ``backend`` sets the compute path as for every
+    :class:`~eexit.nn.ComputePathModule`. Input [N, C_in, H, W] (3-D inputs run ``F.conv2d``); under
+    ``torch.autocast`` input and parameters are cast to its dtype first, as autocast does for ``F.conv2d``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
+                 backend: str = "auto") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)  # then ComputePathModule
+        self.set_backend(backend)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Conv2d.extra_repr(self)}, {ComputePathModule.extra_repr(self)}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resolve_path(x) == "reference":
+            return nn.Conv2d.forward(self, x)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type):  # what autocast does for F.conv2d: all in its dtype
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        if not direct_conv_pays(x, self):
+            return nn.Conv2d.forward(self, x)
+        return ops.direct_conv2d(x, weight, bias, self.padding)
