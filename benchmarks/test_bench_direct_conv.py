@@ -2,12 +2,15 @@
 and eexit.nn.Conv2d (which picks one of them by eexit.nn.direct_conv.direct_conv_pays).
 
 One pytest-benchmark group per (layer, batch, memory format), one ``interleaved`` entry each: the
-contenders run in turn in every round (``eexit.timing.interleaved_medians``), medians. CPU, float32,
+contenders run in turn in every round (``eexit.timing.interleaved_medians``; small layers called
+repeatedly in a round, about ROUND_S seconds each, so that a call's time is not its cold start), medians. CPU, float32,
 inference mode. Layers: B-LeNet's (where the op is meant to win), and B-AlexNet's and B-ResNet-110's
 stride-1 layers (where the rule must fall back to oneDNN at larger batches). Summarise with
 benchmarks/report_direct_conv.py. Target: eexit.nn.Conv2d is never slower than the faster of eager
 and compile by more than timing noise (module / best >= 0.9 at every case).
 """
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ LAYERS = [
 BATCHES = (1, 16, 64, 256)
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 ROUNDS = 15
+ROUND_S = 1e-3  # each contender's share of a round is about this long: repeated calls for small layers
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -41,13 +45,17 @@ def test_direct_conv(benchmark, layer, n, fmt):
     x = torch.randn(n, c_in, hw, hw).contiguous(memory_format=FORMATS[fmt])
     w, b = conv.weight.detach(), conv.bias.detach()
     compiled = torch.compile(lambda t: F.conv2d(t, w, b, padding=pad), dynamic=False)
-    runs = {"direct": lambda: ops.direct_conv2d(x, w, b, pad), "eager": lambda: F.conv2d(x, w, b, padding=pad),
-            "compile": lambda: compiled(x), "module": lambda: conv(x)}
+    calls = {"direct": lambda: ops.direct_conv2d(x, w, b, pad), "eager": lambda: F.conv2d(x, w, b, padding=pad),
+             "compile": lambda: compiled(x), "module": lambda: conv(x)}
     with torch.inference_mode():
         want = F.conv2d(x, w, b, padding=pad)
-        for fn in runs.values():
+        for fn in calls.values():
             torch.testing.assert_close(fn(), want, atol=1e-4, rtol=1e-4)
+        start = time.perf_counter()
+        calls["eager"]()
+        repeat = max(1, int(ROUND_S / max(time.perf_counter() - start, 1e-7)))
+        runs = {k: (lambda fn=fn: [fn() for _ in range(repeat)]) for k, fn in calls.items()}
         benchmark.group = f"direct_conv {name} N={n} {fmt}"
-        record_interleaved(benchmark, runs, ROUNDS, "cpu", layer=name, n=n, fmt=fmt,
+        record_interleaved(benchmark, runs, ROUNDS, "cpu", repeat, layer=name, n=n, fmt=fmt,
                            direct=eexit.nn.direct_conv.direct_conv_pays(x, conv),
                            macs=n * c_out * c_in * k * k * (hw + 2 * pad - k + 1) ** 2)

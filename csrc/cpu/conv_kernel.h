@@ -47,12 +47,16 @@ inline void conv_tile(const ConvRowsArgs& a, int64_t row, int64_t c0, int64_t oc
       for (int r = 0; r < R; ++r) acc[j][r] = at::vec::fmadd(v[r], wj, acc[j][r]);
     }
   }
+  const int64_t tail = std::min<int64_t>(F, a.W_out - (c0 + R - 1) * F);  // lanes of the last chunk
   for (int j = 0; j < OCB; ++j) {
     float* dst = a.out + (oc0 + j) * a.out_cs + row * a.out_rs + c0 * F;
-    for (int r = 0; r < R; ++r) {
-      const int64_t n = std::min<int64_t>(F, a.W_out - (c0 + r) * F);
-      if (n == F) acc[j][r].store(dst + r * F);
-      else acc[j][r].store(dst + r * F, n);
+    for (int r = 0; r < R - 1; ++r) acc[j][r].store(dst + r * F);
+    if (tail == F) {
+      acc[j][R - 1].store(dst + (R - 1) * F);
+    } else {  // a short loop, not at::vec's partial store (a memcpy of a run-time size)
+      alignas(64) float lanes[F];
+      acc[j][R - 1].store(lanes);
+      for (int64_t i = 0; i < tail; ++i) dst[(R - 1) * F + i] = lanes[i];
     }
   }
 }

@@ -12,28 +12,28 @@ from eexit.nn.execution import ComputePathModule
 #: channel 5x5, two channels 3x3): oneDNN's GEMM has almost no reduction depth there.
 DIRECT_MAX_TAPS = 25
 #: Multiply-adds of one call up to which the direct convolution is used whatever the channels
-#: (NCHW input / channels_last input): small batches, where oneDNN's per-call set-up dominates.
-DIRECT_MAX_MACS = {"nchw": 4_000_000, "channels_last": 2_000_000}
+#: (NCHW or channels_last input): small batches, where oneDNN's per-call set-up dominates.
+DIRECT_MAX_MACS = 4_000_000
 
 
 def direct_conv_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether :func:`eexit.ops.direct_conv2d` beats ``F.conv2d`` for ``conv`` on ``x``, by the rule
     measured on a 2-core AMD EPYC with torch 2.14.1 (``benchmarks/results/direct_conv-cpu-2026-12-04.md``):
-    a CPU float tensor, stride 1, dilation 1, one group, zero padding given as ints, and either
+    a 4-D CPU float tensor, stride 1, dilation 1, one group, zero padding given as ints, and either
     ``C_in * KH * KW <= DIRECT_MAX_TAPS`` or at most ``DIRECT_MAX_MACS`` multiply-adds. Larger
-    layers at larger batches run faster in oneDNN (up to 2-4x)."""
-    if (x.device.type != "cpu" or x.dtype not in CONV_DTYPES or x.dim() != 4 or conv.stride != (1, 1)
-            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"
-            or isinstance(conv.padding, str)):
+    layers at larger batches run faster in oneDNN (up to 2-4x). Called on every forward: cheap
+    checks first."""
+    if not (x.is_cpu and x.dim() == 4 and x.dtype in CONV_DTYPES and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and type(conv.padding) is tuple):
         return False
-    taps = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    kh, kw = conv.kernel_size
+    taps = conv.in_channels * kh * kw
     if taps <= DIRECT_MAX_TAPS:
         return True
     n, _, h, w = x.shape
-    h_out = h + 2 * conv.padding[0] - conv.kernel_size[0] + 1
-    w_out = w + 2 * conv.padding[1] - conv.kernel_size[1] + 1
-    fmt = "channels_last" if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last) else "nchw"
-    return n * h_out * w_out * conv.out_channels * taps <= DIRECT_MAX_MACS[fmt]
+    return n * (h + 2 * conv.padding[0] - kh + 1) * (w + 2 * conv.padding[1] - kw + 1) * conv.out_channels * taps \
+        <= DIRECT_MAX_MACS
 
 
 class Conv2d(nn.Conv2d, ComputePathModule):
@@ -59,12 +59,14 @@ class Conv2d(nn.Conv2d, ComputePathModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resolve_path(x) == "reference":
-            return nn.Conv2d.forward(self, x)
+            return self._conv_forward(x, self.weight, self.bias)
         weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled(x.device.type):  # what autocast does for F.conv2d: all in its dtype
-            dtype = torch.get_autocast_dtype(x.device.type)
+        if not x.is_cpu:  # the direct convolution is a CPU op
+            return self._conv_forward(x, weight, bias)
+        if torch.is_autocast_enabled("cpu"):  # what autocast does for F.conv2d: all in its dtype
+            dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
         if not direct_conv_pays(x, self):
-            return nn.Conv2d.forward(self, x)
+            return self._conv_forward(x, weight, bias)
         return ops.direct_conv2d(x, weight, bias, self.padding)

@@ -260,8 +260,9 @@ def test_direct_conv_pays_rule():
     assert direct_conv_pays(torch.randn(256, 1, 28, 28), lenet)
     assert direct_conv_pays(torch.randn(1, 64, 8, 8), wide)  # 64 x 64 x 9 x 64 = 2.4 M MACs
     assert not direct_conv_pays(torch.randn(16, 64, 8, 8), wide)
-    assert not direct_conv_pays(torch.randn(1, 64, 8, 8).contiguous(memory_format=torch.channels_last),
-                                nn.Conv2d(64, 96, 3, padding=1))  # 3.5 M > the channels_last limit
+    assert direct_conv_pays(torch.randn(1, 64, 8, 8).contiguous(memory_format=torch.channels_last),
+                            nn.Conv2d(64, 96, 3, padding=1))  # 3.5 M
+    assert not direct_conv_pays(torch.randn(2, 64, 8, 8), nn.Conv2d(64, 96, 3, padding=1))  # 7.1 M
     assert not direct_conv_pays(torch.randn(1, 1, 28, 28, dtype=torch.float64), lenet.double())
     assert not direct_conv_pays(torch.randn(1, 1, 28, 28, device="meta"), lenet.to("meta"))
     assert not direct_conv_pays(torch.randn(1, 1, 28, 28), nn.Conv2d(1, 5, 5, stride=2))
