@@ -3,7 +3,10 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
+#include <string>
 
 namespace eexit {
 
@@ -110,19 +113,33 @@ int64_t pool_out_size(int64_t size, int64_t k, int64_t s, int64_t p, bool ceil_m
   return out;
 }
 
+// x of an image op: [N, C, H, W] or [C, H, W] (`channels`: what the op calls C) with C, H, W >= 1
+// and one of `dtypes`, whose names the message lists (as eexit/_checks.py's _check_image).
+void check_image(const char* op, const at::Tensor& x, const char* channels,
+                 std::initializer_list<at::ScalarType> dtypes) {
+  TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 3, op, ": x must have shape [N, ", channels, ", H, W] or [", channels,
+                    ", H, W] (rank 4 or 3), got shape ", x.sizes());
+  const auto dt = x.scalar_type();
+  if (std::find(dtypes.begin(), dtypes.end(), dt) == dtypes.end()) {
+    std::string names;
+    size_t i = 0;
+    for (const auto d : dtypes) {
+      names += (i == 0 ? "" : i + 1 == dtypes.size() ? " or " : ", ");
+      names += c10::getDtypeNames(d).first;
+      ++i;
+    }
+    TORCH_CHECK_TYPE(false, op, ": x must be ", names, ", got torch.", c10::getDtypeNames(dt).first);
+  }
+  TORCH_CHECK_VALUE(x.size(-3) >= 1 && x.size(-2) >= 1 && x.size(-1) >= 1, op, ": x must have ", channels,
+                    ", H and W >= 1, got shape ", x.sizes());
+}
+
 }  // namespace
 
 std::array<int64_t, 2> check_max_pool_args(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                            at::IntArrayRef padding, bool ceil_mode) {
-  TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 3,
-                    "max_pool2d: x must have shape [N, C, H, W] or [C, H, W] (rank 4 or 3), got shape ", x.sizes());
-  const auto dt = x.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-                   "max_pool2d: x must be float32, float64, float16 or bfloat16, got torch.",
-                   c10::getDtypeNames(dt).first);
+  check_image("max_pool2d", x, "C", {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
   const int64_t H = x.size(-2), W = x.size(-1);
-  TORCH_CHECK_VALUE(x.size(-3) >= 1 && H >= 1 && W >= 1, "max_pool2d: x must have C, H and W >= 1, got shape ",
-                    x.sizes());
   for (const auto& [name, v] : {std::pair<const char*, at::IntArrayRef>{"kernel_size", kernel_size},
                                 {"stride", stride}, {"padding", padding}}) {
     TORCH_CHECK_VALUE(v.size() == 2, "max_pool2d: ", name, " must be an int or a pair of ints, got ", v);
@@ -143,15 +160,9 @@ std::array<int64_t, 2> check_max_pool_args(const at::Tensor& x, at::IntArrayRef 
 
 std::array<int64_t, 2> check_direct_conv_args(const at::Tensor& x, const at::Tensor& weight,
                                               const std::optional<at::Tensor>& bias, at::IntArrayRef padding) {
-  TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 3,
-                    "direct_conv2d: x must have shape [N, C_in, H, W] or [C_in, H, W] (rank 4 or 3), got shape ",
-                    x.sizes());
+  check_image("direct_conv2d", x, "C_in", {at::kFloat, at::kHalf, at::kBFloat16});
   const auto dt = x.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
-                   "direct_conv2d: x must be float32, float16 or bfloat16, got torch.", c10::getDtypeNames(dt).first);
   const int64_t C_in = x.size(-3), H = x.size(-2), W = x.size(-1);
-  TORCH_CHECK_VALUE(C_in >= 1 && H >= 1 && W >= 1, "direct_conv2d: x must have C_in, H and W >= 1, got shape ",
-                    x.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 4, "direct_conv2d: weight must have shape [C_out, C_in, KH, KW] (rank 4), got shape ",
                     weight.sizes());
   TORCH_CHECK_VALUE(weight.size(0) >= 1 && weight.size(1) == C_in && weight.size(2) >= 1 && weight.size(3) >= 1,

@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 CRITERIA = ("confidence", "entropy")
-GATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# the float dtypes the kernels take (gate, append_channels, direct_conv2d, the Triton convs)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_criterion(criterion: object) -> str:
@@ -54,7 +55,7 @@ def check_logits(logits: object) -> None:
         raise TypeError(f"exit_gate: logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"exit_gate: logits must have shape [N, C] (rank 2), got shape {tuple(logits.shape)}")
-    if logits.dtype not in GATE_DTYPES:
+    if logits.dtype not in FLOAT_DTYPES:
         raise TypeError(f"exit_gate: logits must be float32, float16 or bfloat16, got {logits.dtype}")
     if logits.shape[1] < 1:
         raise ValueError(f"exit_gate: logits must have at least one class (C >= 1), got shape {tuple(logits.shape)}")
@@ -91,7 +92,7 @@ def check_append_args(buf, src, c0, pre=None, scale=None, shift=None) -> None:
         raise TypeError("append_channels: buf and src must be torch.Tensors")
     if buf.dim() != 4:
         raise ValueError(f"append_channels: buf must have shape [N, C, H, W] (rank 4), got shape {tuple(buf.shape)}")
-    if buf.dtype not in GATE_DTYPES:
+    if buf.dtype not in FLOAT_DTYPES:
         raise TypeError(f"append_channels: buf must be float32, float16 or bfloat16, got {buf.dtype}")
     if src.dim() != 4:
         raise ValueError(f"append_channels: src must have shape [N, C, H, W] (rank 4), got shape {tuple(src.shape)}")
@@ -209,9 +210,6 @@ def check_max_pool_args(x, kernel_size, stride, padding, ceil_mode) -> Tuple[int
 
 # ----------------------------------------------------------------------------- direct_conv2d
 
-CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def conv_padding(padding: object) -> Tuple[int, int]:
     """direct_conv2d's padding, an int or an (h, w) pair of ints, as a pair."""
     return _as_pair("direct_conv2d", "padding", padding)
@@ -223,7 +221,7 @@ def check_direct_conv_args(x, weight, bias, padding) -> Tuple[int, int]:
     for name, t in (("weight", weight),) + ((("bias", bias),) if bias is not None else ()):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"direct_conv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
-    c_in, h, w = _check_image("direct_conv2d", x, CONV_DTYPES, "C_in")
+    c_in, h, w = _check_image("direct_conv2d", x, FLOAT_DTYPES, "C_in")
     if weight.dim() != 4:
         raise ValueError(f"direct_conv2d: weight must have shape [C_out, C_in, KH, KW] (rank 4), "
                          f"got shape {list(weight.shape)}")
@@ -388,7 +386,7 @@ def _check_x(fn: str, x: object, interpret: bool) -> None:
     _check_tensor(fn, "x", x)
     if x.dim() != 4:
         raise ValueError(f"{fn}: x must have shape [N, C, H, W] (rank 4), got {tuple(x.shape)}")
-    if x.dtype not in GATE_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{fn}: x must be float32, float16 or bfloat16, got {x.dtype}")
     if not _is_nhwc(x):
         raise ValueError(f"{fn}: x must be channels_last (NHWC in memory); use x.to(memory_format=torch.channels_last)")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from eexit import ops
-from eexit._checks import CONV_DTYPES
+from eexit._checks import FLOAT_DTYPES
 from eexit.nn.execution import ComputePathModule
 
 #: C_in * KH * KW up to which the direct convolution is used at any batch size (one input
@@ -23,7 +23,7 @@ def direct_conv_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     ``C_in * KH * KW <= DIRECT_MAX_TAPS`` or at most ``DIRECT_MAX_MACS`` multiply-adds. Larger
     layers at larger batches run faster in oneDNN (up to 2-4x). Called on every forward: cheap
     checks first."""
-    if not (x.is_cpu and x.dim() == 4 and x.dtype in CONV_DTYPES and conv.stride == (1, 1)
+    if not (x.is_cpu and x.dim() == 4 and x.dtype in FLOAT_DTYPES and conv.stride == (1, 1)
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
             and type(conv.padding) is tuple):
         return False

@@ -20,17 +20,23 @@ from helpers import CONV_ATOL, CONV_ERROR_FACTOR, DTYPES, generator, new_seed
 FORMATS = [torch.contiguous_format, torch.channels_last]
 
 
+def assert_within_torch_error(got, torch_out, exact, dtype, msg=""):
+    """got's error against the float64 ``exact`` at most CONV_ERROR_FACTOR x torch_out's (PyTorch's
+    own result in the same dtype) plus CONV_ATOL[dtype]."""
+    torch_err = (torch_out.double() - exact).abs().max().item()
+    err = (got.double() - exact).abs().max().item()
+    assert err <= CONV_ERROR_FACTOR * torch_err + CONV_ATOL[dtype], (msg, err, torch_err)
+
+
 def check_close(x, weight, bias, padding, msg=""):
     """direct_conv2d's error against float64 at most CONV_ERROR_FACTOR x F.conv2d's (same dtype)
     plus CONV_ATOL; same shape, dtype and memory format as F.conv2d's output for contiguous or
     channels_last x. Returns the output."""
     got = ops.direct_conv2d(x, weight, bias, padding)
     want = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=padding)
-    torch_err = (F.conv2d(x, weight, bias, padding=padding).double() - want).abs().max().item() if want.numel() else 0
     assert got.shape == want.shape and got.dtype == x.dtype, (msg, got.shape, want.shape, got.dtype)
     if want.numel():
-        err = (got.double() - want).abs().max().item()
-        assert err <= CONV_ERROR_FACTOR * torch_err + CONV_ATOL[x.dtype], (msg, err, torch_err)
+        assert_within_torch_error(got, F.conv2d(x, weight, bias, padding=padding), want, x.dtype, msg)
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         assert got.is_contiguous(memory_format=torch.channels_last), msg
     else:
@@ -243,8 +249,7 @@ def test_conv2d_module_matches_reference(dtype, geometry):
         exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), conv.stride,
                          conv.padding if geometry.get("padding_mode", "zeros") == "zeros" else 0)
         if geometry.get("padding_mode", "zeros") == "zeros":
-            torch_err = (want.double() - exact).abs().max().item()
-            assert (got.double() - exact).abs().max().item() <= CONV_ERROR_FACTOR * torch_err + CONV_ATOL[dtype]
+            assert_within_torch_error(got, want, exact, dtype, f"n={n}")
         else:
             assert torch.equal(got, want)
     conv.train()
@@ -280,5 +285,4 @@ def test_conv2d_module_under_autocast():
     assert got.dtype == want.dtype == torch.bfloat16
     low = [t.detach().bfloat16().double() for t in (x, conv.weight, conv.bias)]
     exact = F.conv2d(low[0], low[1], low[2], padding=3)
-    torch_err = (want.double() - exact).abs().max().item()
-    assert (got.double() - exact).abs().max().item() <= CONV_ERROR_FACTOR * torch_err + CONV_ATOL[torch.bfloat16]
+    assert_within_torch_error(got, want, exact, torch.bfloat16)
