@@ -1,6 +1,7 @@
 """The ``interleaved`` entry of a benchmark group: rounds that run every contender in turn
 (``eexit.timing.interleaved_medians``), so that drift of a shared machine hits them alike."""
-from typing import Callable, Dict
+import time
+from typing import Callable, Dict, Tuple
 
 import torch
 
@@ -17,3 +18,14 @@ def record_interleaved(benchmark, runs: Dict[str, Callable[[], object]], rounds:
                        rounds=1, iterations=1)
     benchmark.extra_info.update(info, device=device, impl=impl, rounds=rounds, calls_per_round=calls_per_run,
                                 median_s={name: ms / calls_per_run / 1e3 for name, ms in medians.items()})
+
+
+def repeated(calls: Dict[str, Callable[[], object]], probe: str,
+             round_s: float) -> Tuple[Dict[str, Callable[[], object]], int]:
+    """Each of ``calls`` repeated as often as ``calls[probe]`` (timed once here) fits in ``round_s``
+    seconds: small calls are then timed warm in every round, not by their cold start. Returns (the
+    repeated runs, calls per run) for :func:`record_interleaved`."""
+    start = time.perf_counter()
+    calls[probe]()
+    n = max(1, int(round_s / max(time.perf_counter() - start, 1e-7)))
+    return {name: (lambda fn=fn: [fn() for _ in range(n)]) for name, fn in calls.items()}, n

@@ -9,7 +9,6 @@ stride-1 layers (where the rule must fall back to oneDNN at larger batches). Sum
 benchmarks/report_direct_conv.py. Target: eexit.nn.Conv2d is never slower than the faster of eager
 and compile by more than timing noise (module / best >= 0.9 at every case).
 """
-import time
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 import eexit
 from eexit import ops
 
-from interleaved import record_interleaved
+from interleaved import record_interleaved, repeated
 
 torch._dynamo.config.cache_size_limit = 256
 
@@ -51,10 +50,7 @@ def test_direct_conv(benchmark, layer, n, fmt):
         want = F.conv2d(x, w, b, padding=pad)
         for fn in calls.values():
             torch.testing.assert_close(fn(), want, atol=1e-4, rtol=1e-4)
-        start = time.perf_counter()
-        calls["eager"]()
-        repeat = max(1, int(ROUND_S / max(time.perf_counter() - start, 1e-7)))
-        runs = {k: (lambda fn=fn: [fn() for _ in range(repeat)]) for k, fn in calls.items()}
+        runs, repeat = repeated(calls, "eager", ROUND_S)
         benchmark.group = f"direct_conv {name} N={n} {fmt}"
         record_interleaved(benchmark, runs, ROUNDS, "cpu", repeat, layer=name, n=n, fmt=fmt,
                            direct=eexit.nn.direct_conv.direct_conv_pays(x, conv),

@@ -7,7 +7,6 @@ drift of a shared machine hits them alike; its medians are in extra_info and are
 targets are judged on. Summarise with benchmarks/report.py.
 Targets (CPU): fused >= 4x eager and >= 2x torch.compile at every size.
 """
-import time
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import torch
 from eexit import ops
 
 from composites import gate_composite
-from interleaved import record_interleaved
+from interleaved import record_interleaved, repeated
 
 torch._dynamo.config.capture_dynamic_output_shape_ops = True  # nonzero inside the graph
 torch._dynamo.config.cache_size_limit = 256
@@ -85,10 +84,8 @@ def test_exit_gate_interleaved(benchmark, device, criterion, n, c):
         for fn in fns.values():
             for _ in range(3):
                 fn(x, thr, criterion)
-        start = time.perf_counter()
-        fns["fused"](x, thr, criterion)
-        calls = max(1, int(ROUND_S / max(time.perf_counter() - start, 1e-7)))
-        runs = {name: (lambda fn=fn: [fn(x, thr, criterion) for _ in range(calls)]) for name, fn in fns.items()}
+        runs, calls = repeated({name: (lambda fn=fn: fn(x, thr, criterion)) for name, fn in fns.items()}, "fused",
+                               ROUND_S)
         benchmark.group = f"exit_gate {device} {criterion} N={n} C={c}"
         record_interleaved(benchmark, runs, INTERLEAVED_ROUNDS, device, calls, criterion=criterion, n=n, c=c)
 

@@ -188,4 +188,12 @@ std::array<int64_t, 2> check_direct_conv_args(const at::Tensor& x, const at::Ten
   return {H + 2 * padding[0] - KH + 1, W + 2 * padding[1] - KW + 1};
 }
 
+void check_lrn_args(const at::Tensor& x, int64_t size) {
+  // rank 4 only: torch.nn.functional.local_response_norm reads a 3-D tensor as [N, C, L]
+  TORCH_CHECK_VALUE(x.dim() == 4, "local_response_norm: x must have shape [N, C, H, W] (rank 4), got shape ",
+                    x.sizes());
+  check_image("local_response_norm", x, "C", {at::kFloat, at::kHalf, at::kBFloat16});
+  TORCH_CHECK_VALUE(size >= 1, "local_response_norm: size must be an int >= 1, got ", size);
+}
+
 }  // namespace eexit

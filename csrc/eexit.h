@@ -56,6 +56,10 @@ std::array<int64_t, 2> check_max_pool_args(const at::Tensor& x, at::IntArrayRef 
 std::array<int64_t, 2> check_direct_conv_args(const at::Tensor& x, const at::Tensor& weight,
                                               const std::optional<at::Tensor>& bias, at::IntArrayRef padding);
 
+// local_response_norm: x [N, C, H, W] (N may be 0; C, H, W >= 1), float32/float16/bfloat16;
+// size (the channel window) >= 1.
+void check_lrn_args(const at::Tensor& x, int64_t size);
+
 // The gate's outputs, in schema order.
 using GateResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 

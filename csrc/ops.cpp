@@ -16,6 +16,7 @@ TORCH_LIBRARY(eexit, m) {
       "(Tensor exit_idx, Tensor keep_idx, Tensor pred, Tensor score)");
   m.def("compact(Tensor[] tensors, Tensor index) -> Tensor[]");
   m.def("direct_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] padding) -> Tensor");
+  m.def("local_response_norm(Tensor x, int size, float alpha, float beta, float k) -> Tensor");
   m.def("max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) -> Tensor");
   m.def(
       "append_channels(Tensor(a!) buf, Tensor src, int c0, Tensor(b!)? pre=None, Tensor? scale=None, "

@@ -190,6 +190,19 @@ def _check_image(op: str, x: object, dtypes: Sequence[torch.dtype], channels: st
     return c, h, w
 
 
+def check_lrn_args(x, size, alpha, beta, k) -> None:
+    """local_response_norm's tensor and values (see :func:`eexit.ops.local_response_norm`) as
+    csrc/checks.cpp checks them, and that alpha, beta and k are real numbers."""
+    if isinstance(x, torch.Tensor) and x.dim() != 4:  # F.local_response_norm reads 3-D input as [N, C, L]
+        raise ValueError(f"local_response_norm: x must have shape [N, C, H, W] (rank 4), got shape {list(x.shape)}")
+    _check_image("local_response_norm", x, FLOAT_DTYPES, "C")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"local_response_norm: size must be an int >= 1, got {size!r}")
+    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"local_response_norm: {name} must be a real number, got {type(v).__name__}")
+
+
 def check_max_pool_args(x, kernel_size, stride, padding, ceil_mode) -> Tuple[int, int]:
     """max_pool2d's tensor and values (pairs from :func:`pool_pairs`; see :func:`eexit.ops.max_pool2d`) as
     csrc/checks.cpp checks them; returns the output's (H_out, W_out)."""

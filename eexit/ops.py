@@ -25,6 +25,7 @@ from eexit._checks import (
     check_direct_conv_args,
     check_gate_args,
     check_logits,
+    check_lrn_args,
     check_max_pool_args,
     conv_padding,
     pool_pairs,
@@ -32,7 +33,8 @@ from eexit._checks import (
 from eexit._layout import memory_format_of
 from eexit.reference import ExitDecision
 
-__all__ = ["ExitDecision", "append_channels", "compact", "direct_conv2d", "exit_gate", "has_extension", "max_pool2d"]
+__all__ = ["ExitDecision", "append_channels", "compact", "direct_conv2d", "exit_gate", "has_extension",
+           "local_response_norm", "max_pool2d"]
 
 try:
     from eexit import _C  # noqa: F401  (loading it registers torch.ops.eexit)
@@ -155,6 +157,26 @@ def direct_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return _direct_conv2d_op(x, weight, bias, p)
 
 
+
+def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> torch.Tensor:
+    """``torch.nn.functional.local_response_norm(x, size, alpha, beta, k)`` across the channels of
+    images, in one pass on CPU: ``x / (k + alpha / size * s) ** beta`` with s the sum of x^2 over the
+    channels c - size // 2 .. c + (size - 1) // 2 that exist. Float32 arithmetic, one rounding to
+    x's dtype; a NaN or inf reaches the outputs whose windows hold it, as in PyTorch's.
+
+    x: [N, C, H, W] (N may be 0; rank 4 only, as PyTorch's reads a 3-D tensor as [N, C, L]),
+    float32/float16/bfloat16, any strides; size an int >= 1; alpha, beta and k real numbers. The
+    output keeps x's memory format when x is contiguous or channels_last. On other devices than the
+    CPU it runs ``F.local_response_norm`` after the same checks.
+    """
+    check_lrn_args(x, size, alpha, beta, k)
+    if not has_extension() or x.device.type != "cpu":
+        return F.local_response_norm(x, size, alpha, beta, k)
+    if x.requires_grad:
+        _refuse_grad("local_response_norm", (x,), train_with="torch.nn.functional.local_response_norm")
+    return _lrn_op(x, size, float(alpha), float(beta), float(k))
+
 if has_extension():
     _exit_gate_op = torch.ops.eexit.exit_gate.default
 
@@ -177,6 +199,13 @@ if has_extension():
             torch.empty((n,), **idx),
             torch.empty((n,), dtype=torch.float32, device=logits.device),
         )
+
+    _lrn_op = torch.ops.eexit.local_response_norm.default
+
+    @torch.library.register_fake("eexit::local_response_norm")
+    def _lrn_fake(x, size, alpha, beta, k):
+        check_lrn_args(x, size, alpha, beta, k)
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
     _max_pool2d_op = torch.ops.eexit.max_pool2d.default
 

@@ -33,6 +33,27 @@ PREACT_TOL = {
 CONV_ERROR_FACTOR = 4
 CONV_ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
+# eexit.nn modules' folded paths vs their reference path in float32/bfloat16: folded BatchNorm
+# reassociates products, a few ulps of the activations' scale.
+MODULE_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=5e-2, rtol=5e-2)}
+
+
+def assert_within_torch_error(got, torch_out, exact, dtype, msg=""):
+    """got's error against the float64 ``exact`` at most CONV_ERROR_FACTOR x torch_out's (PyTorch's
+    own result in the same dtype) plus CONV_ATOL[dtype]."""
+    torch_err = (torch_out.double() - exact).abs().max().item()
+    err = (got.double() - exact).abs().max().item()
+    assert err <= CONV_ERROR_FACTOR * torch_err + CONV_ATOL[dtype], (msg, err, torch_err)
+
+
+# eexit.ops.local_response_norm vs float64 torch.nn.functional.local_response_norm: float32
+# arithmetic (a 1-2 ulp power) rounded once to the output dtype.
+LRN_TOL = {
+    torch.float32: dict(atol=1e-6, rtol=4e-6),
+    torch.float16: dict(atol=1e-5, rtol=1e-3),
+    torch.bfloat16: dict(atol=1e-5, rtol=8e-3),
+}
+
 # Triton tests run under the interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1
 # unless EEXIT_TEST_GPU=1), or compiled on a CUDA GPU.
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

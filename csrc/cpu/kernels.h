@@ -71,4 +71,23 @@ int64_t conv_lanes_avx2();
 void conv_rows_default(const ConvRowsArgs& args);
 void conv_rows_avx2(const ConvRowsArgs& args);
 
+// Local response normalisation across channels (lrn_kernel.h), float32, of one block of an
+// image: C channels x count positions. Planes (pixels false): channel c's count values at
+// x + c * cs, contiguous. Pixels (pixels true): position p's C channel values at x + p * cs,
+// contiguous. y has x's layout.
+struct LrnArgs {
+  const float* x;
+  float* y;
+  int64_t C, count, cs;
+  bool pixels;
+  int64_t size;
+  float alpha, beta, k;
+};
+
+// The zeroed float scratch lrn needs per thread: C rounded up to whole vectors, plus size.
+int64_t lrn_scratch_default(int64_t C, int64_t size);
+int64_t lrn_scratch_avx2(int64_t C, int64_t size);
+void lrn_default(const LrnArgs& args, float* scratch);
+void lrn_avx2(const LrnArgs& args, float* scratch);
+
 }  // namespace eexit::cpu

@@ -24,6 +24,7 @@
 #include "cpu/append_kernel.h"
 #include "cpu/conv_kernel.h"
 #include "cpu/gate_kernel.h"
+#include "cpu/lrn_kernel.h"
 
 namespace eexit::cpu {
 void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
@@ -34,6 +35,8 @@ void append_rows_avx2(const AppendArgs& args, int64_t begin, int64_t end) {
 }
 int64_t conv_lanes_avx2() { return AVX2::kConvLanes; }
 void conv_rows_avx2(const ConvRowsArgs& args) { AVX2::conv_rows_dispatch(args); }
+int64_t lrn_scratch_avx2(int64_t C, int64_t size) { return AVX2::lrn_scratch(C, size); }
+void lrn_avx2(const LrnArgs& args, float* scratch) { AVX2::lrn_dispatch(args, scratch); }
 }  // namespace eexit::cpu
 #else
 namespace eexit::cpu {
@@ -45,5 +48,7 @@ void append_rows_avx2(const AppendArgs& args, int64_t begin, int64_t end) {
 }
 int64_t conv_lanes_avx2() { return conv_lanes_default(); }
 void conv_rows_avx2(const ConvRowsArgs& args) { conv_rows_default(args); }
+int64_t lrn_scratch_avx2(int64_t C, int64_t size) { return lrn_scratch_default(C, size); }
+void lrn_avx2(const LrnArgs& args, float* scratch) { lrn_default(args, scratch); }
 }  // namespace eexit::cpu
 #endif

@@ -6,6 +6,7 @@
 #include "cpu/append_kernel.h"
 #include "cpu/conv_kernel.h"
 #include "cpu/gate_kernel.h"
+#include "cpu/lrn_kernel.h"
 
 namespace eexit::cpu {
 
@@ -35,5 +36,9 @@ void append_rows_default(const AppendArgs& args, int64_t begin, int64_t end) {
 int64_t conv_lanes_default() { return DEFAULT::kConvLanes; }
 
 void conv_rows_default(const ConvRowsArgs& args) { DEFAULT::conv_rows_dispatch(args); }
+
+int64_t lrn_scratch_default(int64_t C, int64_t size) { return DEFAULT::lrn_scratch(C, size); }
+
+void lrn_default(const LrnArgs& args, float* scratch) { DEFAULT::lrn_dispatch(args, scratch); }
 
 }  // namespace eexit::cpu

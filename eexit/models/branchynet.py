@@ -46,7 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eexit.nn import Conv2d, EarlyExitNetwork, MaxPool2d
+from eexit.nn import ComputePathModule, Conv2d, EarlyExitNetwork, LocalResponseNorm, MaxPool2d
+from eexit.nn.direct_conv import conv2d_inference
+from eexit.nn.folding import bn_sources, fold_conv_bn
 
 __all__ = ["ResBlock", "b_alexnet", "b_lenet", "b_resnet110", "chainer_lrn", "BN_EPS", "INITS"]
 
@@ -78,52 +80,43 @@ def _max_pool(k: int, s: int) -> MaxPool2d:
     return MaxPool2d(k, s, ceil_mode=True)
 
 
-class ChannelWindowLRN(nn.LocalResponseNorm):
-    """``nn.LocalResponseNorm`` (same arguments and semantics) for 4-D input [N, C, H, W], with the
-    window sum over neighbouring channels taken from shifted channel slices of ``x * x`` instead of
-    PyTorch's padded ``avg_pool3d``: a few elementwise passes, any memory format kept. On a 2-core
-    CPU PyTorch's version made B-ResNet-110's first exit cost about a third of a stage."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            return super().forward(x)
-        sq = x * x
-        s = sq.clone()
-        for j in range(1, self.size // 2 + 1):  # channels c - j and c + j, zero beyond the ends
-            s[:, j:] += sq[:, :-j]
-            s[:, :-j] += sq[:, j:]
-        return x * s.mul_(self.alpha / self.size).add_(self.k).pow_(-self.beta)
-
-
-def chainer_lrn(n: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0.75) -> nn.LocalResponseNorm:
+def chainer_lrn(n: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0.75) -> LocalResponseNorm:
     """``F.local_response_normalization(x, n, k, alpha, beta)`` (Chainer's defaults) as a PyTorch
     module. Chainer: ``x / (k + alpha * S) ** beta`` with S the sum of x^2 over the channels
     c - n//2 .. c + n//2 (missing channels count 0). PyTorch's LocalResponseNorm uses
-    ``alpha / size * S`` over the same window (odd n), so alpha is scaled by n."""
+    ``alpha / size * S`` over the same window (odd n), so alpha is scaled by n. The module is
+    :class:`eexit.nn.LocalResponseNorm` (one pass to infer on CPU)."""
     if n < 1 or n % 2 == 0:
         raise ValueError(f"chainer_lrn: n must be a positive odd int (a centred window), got {n}")
-    return ChannelWindowLRN(n, alpha=alpha * n, beta=beta, k=k)
+    return LocalResponseNorm(n, alpha=alpha * n, beta=beta, k=k)
 
 
-def _official_lrn() -> nn.LocalResponseNorm:
+def _official_lrn() -> LocalResponseNorm:
     # FL(F.local_response_normalization, n=3, alpha=5e-05, beta=0.75), k = 2 (Chainer default)
     return chainer_lrn(n=3, k=2.0, alpha=5e-5, beta=0.75)
 
 
-def _relu() -> nn.ReLU:
-    # never in place: a stage's output is read by its exit and by the next stage
-    return nn.ReLU()
+def _relu(inplace: bool = False) -> nn.ReLU:
+    # In place only right after a layer that made a fresh tensor (conv, pool, BatchNorm, Linear) in
+    # the same stage or exit; never first: a stage's output is read by its exit and the next stage.
+    return nn.ReLU(inplace=inplace)
 
 
-class ResBlock(nn.Module):
+class ResBlock(ComputePathModule):
     """``branchynet/links/resnet.py: ResBlock(in_size, out_size, stride)``, a basic block:
     ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``, 3x3 convs with bias (wscale sqrt(2)),
     BatchNorm eps 2e-5. Shortcut when the shape changes: zero channels concatenated IN FRONT of
     x (``F.concat((zeros, x))``), then ``F.average_pooling_2d(x, 1, 2)``, i.e. every second row and
-    column; identity otherwise."""
+    column; identity otherwise.
 
-    def __init__(self, in_size: int, out_size: int, stride: int = 1) -> None:
-        super().__init__()
+    Compute paths (:mod:`eexit.nn.execution`; same parameters and state_dict on each): the
+    reference path runs the modules as written (training); every inference path folds each
+    BatchNorm into its convolution (convolutions as in :class:`eexit.nn.Conv2d`), applies the ReLUs
+    in place and adds the shortcut into the output's last channels: no zero tensor, no BatchNorm or
+    concatenation pass. Input [N, in_size, H, W], any memory format (kept) and float dtype."""
+
+    def __init__(self, in_size: int, out_size: int, stride: int = 1, backend: str = "auto") -> None:
+        super().__init__(backend)
         if out_size < in_size:
             raise ValueError(f"ResBlock: out_size ({out_size}) < in_size ({in_size}) has no zero-pad shortcut")
         w = math.sqrt(2)
@@ -133,14 +126,29 @@ class ResBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_size, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn1(self.conv1(x)))
-        h = self.bn2(self.conv2(h))
-        if x.shape != h.shape:
-            pad_c = h.shape[1] - x.shape[1]
-            x = torch.cat([x.new_zeros(x.shape[0], pad_c, x.shape[2], x.shape[3]), x], 1)
-            if x.shape[2:] != h.shape[2:]:
-                x = F.avg_pool2d(x, 1, 2)  # 1x1 window, stride 2: subsampling
-        return F.relu(h + x)
+        if self.resolve_path(x) == "reference":
+            h = F.relu(self.bn1(self.conv1(x)))
+            h = self.bn2(self.conv2(h))
+            if x.shape != h.shape:
+                pad_c = h.shape[1] - x.shape[1]
+                x = torch.cat([x.new_zeros(x.shape[0], pad_c, x.shape[2], x.shape[3]), x], 1)
+                if x.shape[2:] != h.shape[2:]:
+                    x = F.avg_pool2d(x, 1, 2)  # 1x1 window, stride 2: subsampling
+            return F.relu(h + x)
+        with torch.no_grad():
+            h = self._folded_conv(x, 1).relu_()
+            h = self._folded_conv(h, 2)
+            if h.shape[2:] != x.shape[2:]:
+                x = x[:, :, ::2, ::2]  # = avg_pool2d(x, 1, 2)
+            h[:, h.shape[1] - x.shape[1]:] += x  # the shortcut's zero channels come first
+            return h.relu_()
+
+    def _folded_conv(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """conv{i} with bn{i} folded in, on x."""
+        conv, bn = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
+        w, b = self._fold.get(f"conv{i}:{x.dtype}", [conv.weight, conv.bias, *bn_sources(bn)],
+                              lambda: fold_conv_bn(conv, bn, x.dtype))
+        return conv2d_inference(x, conv, w, b)
 
 
 def _chainer_init_(model: nn.Module) -> None:
@@ -196,13 +204,14 @@ def b_lenet(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwork:
     stages = [
         nn.Sequential(_conv(1, 5, 5, 1, 3)),
         nn.Sequential(
-            _max_pool(2, 2), _relu(), _conv(5, 10, 5, 1, 3),
-            _max_pool(2, 2), _relu(), _conv(10, 20, 5, 1, 3),
-            _max_pool(2, 2), _relu(), _linear(720, 84),
+            _max_pool(2, 2), _relu(True), _conv(5, 10, 5, 1, 3),
+            _max_pool(2, 2), _relu(True), _conv(10, 20, 5, 1, 3),
+            _max_pool(2, 2), _relu(True), _linear(720, 84),
         ),
     ]
     exits = [
-        nn.Sequential(_max_pool(2, 2), _relu(), _conv(5, 10, 3, 1, 1), _max_pool(2, 2), _relu(), _linear(640, c)),
+        nn.Sequential(_max_pool(2, 2), _relu(True), _conv(5, 10, 3, 1, 1),
+                      _max_pool(2, 2), _relu(True), _linear(640, c)),
         nn.Linear(84, c),
     ]
     return _build(stages, exits, init, (1, 28, 28), "B-LeNet (MNIST)")
@@ -233,18 +242,18 @@ def b_alexnet(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwork:
     """
     c = _check_classes(num_classes)
     norm = lambda: [_relu(), _max_pool(3, 2), _official_lrn()]  # noqa: E731
-    conv = lambda n: [_conv(n, 32, 3, 1, 1), _relu()]  # noqa: E731
+    conv = lambda n: [_conv(n, 32, 3, 1, 1), _relu(True)]  # noqa: E731
     cap = lambda n: [_max_pool(3, 2), _linear(n, c)]  # noqa: E731
     stages = [
         nn.Sequential(
-            _conv(3, 32, 5, 1, 2), _relu(), _max_pool(3, 2), _official_lrn(),
+            _conv(3, 32, 5, 1, 2), _relu(True), _max_pool(3, 2), _official_lrn(),
             _conv(32, 64, 5, 1, 2),
         ),
         nn.Sequential(_relu(), _max_pool(3, 2), _official_lrn(), _conv(64, 96, 3, 1, 1)),
         nn.Sequential(
-            _relu(), _conv(96, 96, 3, 1, 1), _relu(), _conv(96, 64, 3, 1, 1), _relu(), _max_pool(3, 2),
-            _linear(1024, 256), _relu(), nn.Dropout(0.5),
-            nn.Linear(256, 128), _relu(), nn.Dropout(0.5),
+            _relu(), _conv(96, 96, 3, 1, 1), _relu(True), _conv(96, 64, 3, 1, 1), _relu(True), _max_pool(3, 2),
+            _linear(1024, 256), _relu(True), nn.Dropout(0.5),
+            nn.Linear(256, 128), _relu(True), nn.Dropout(0.5),
         ),
     ]
     exits = [
@@ -284,7 +293,7 @@ def b_resnet110(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwor
     c = _check_classes(num_classes)
     n = 18
     w = math.sqrt(2)
-    stem = nn.Sequential(_conv(3, 16, 3, 1, 0, wscale=w), nn.BatchNorm2d(16, eps=BN_EPS), _relu())
+    stem = nn.Sequential(_conv(3, 16, 3, 1, 0, wscale=w), nn.BatchNorm2d(16, eps=BN_EPS), _relu(True))
     group1 = nn.Sequential(*[ResBlock(16, 16) for _ in range(n)])
     rest = nn.Sequential(
         *[ResBlock(32 if i > 0 else 16, 32, 1 if i > 0 else 2) for i in range(n)],
@@ -293,8 +302,8 @@ def b_resnet110(num_classes: int = 10, init: str = "chainer") -> EarlyExitNetwor
     )
     exits = [
         nn.Sequential(
-            _conv(16, 64, 5, 1, 2), _relu(), _official_lrn(),
-            _conv(64, 32, 3, 1, 1), _relu(), _conv(32, 32, 3, 1, 1), _relu(),
+            _conv(16, 64, 5, 1, 2), _relu(True), _official_lrn(),
+            _conv(64, 32, 3, 1, 1), _relu(True), _conv(32, 32, 3, 1, 1), _relu(True),
             _linear(28800, c),
         ),
         nn.Sequential(ResBlock(16, 16), _linear(14400, c)),

@@ -16,11 +16,12 @@ from eexit.nn.execution import (
 )
 from eexit.nn.graph_cuts import GraphStage
 from eexit.nn.heads import CutExit, TokenHead, default_head, pool_linear_head
+from eexit.nn.lrn import LocalResponseNorm
 from eexit.nn.pool import MaxPool2d
 
 __all__ = [
     "BACKENDS", "COMPUTE_PATHS", "GATE_OPS", "BottleneckConv", "ComputePathModule", "Conv2d", "ConvBNReLU", "CutExit",
-    "DenseConcatBlock", "DenseLayer", "EarlyExitModel", "EarlyExitNetwork", "GraphStage", "MaxPool2d", "TokenHead",
-    "attach_exits", "default_head", "fuse_dense_blocks", "pool_linear_head",
+    "DenseConcatBlock", "DenseLayer", "EarlyExitModel", "EarlyExitNetwork", "GraphStage", "LocalResponseNorm",
+    "MaxPool2d", "TokenHead", "attach_exits", "default_head", "fuse_dense_blocks", "pool_linear_head",
     "restoring_backends", "set_backend", "set_compute_path", "set_gate_ops",
 ]

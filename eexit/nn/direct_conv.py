@@ -1,6 +1,8 @@
 """A Conv2d whose inference path runs eexit's direct convolution where it is measured faster."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -60,13 +62,21 @@ class Conv2d(nn.Conv2d, ComputePathModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resolve_path(x) == "reference":
             return self._conv_forward(x, self.weight, self.bias)
-        weight, bias = self.weight, self.bias
-        if not x.is_cpu:  # the direct convolution is a CPU op
-            return self._conv_forward(x, weight, bias)
-        if torch.is_autocast_enabled("cpu"):  # what autocast does for F.conv2d: all in its dtype
-            dtype = torch.get_autocast_dtype("cpu")
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-        if not direct_conv_pays(x, self):
-            return self._conv_forward(x, weight, bias)
-        return ops.direct_conv2d(x, weight, bias, self.padding)
+        return conv2d_inference(x, self, self.weight, self.bias)
+
+
+def conv2d_inference(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor,
+                     bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``conv``'s geometry (stride, padding, dilation, groups, padding mode) applied with ``weight``
+    and ``bias`` (its own, or folded ones of the same shapes) on an inference path:
+    :func:`eexit.ops.direct_conv2d` where :func:`direct_conv_pays`, else ``F.conv2d``. Under CPU
+    autocast x, weight and bias are cast to its dtype first, as autocast does for ``F.conv2d``."""
+    if not x.is_cpu:  # the direct convolution is a CPU op
+        return conv._conv_forward(x, weight, bias)
+    if torch.is_autocast_enabled("cpu"):  # what autocast does for F.conv2d: all in its dtype
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    if not direct_conv_pays(x, conv):
+        return conv._conv_forward(x, weight, bias)
+    return ops.direct_conv2d(x, weight, bias, conv.padding)

@@ -50,8 +50,8 @@ class GraphStage(nn.Module):
 
     def forward(self, h):
         if self.training and self._train_graph is not None:
-            if self._train_body is None:
-                self._train_body = fx.GraphModule(self.body, self._train_graph, "TrainStage")
+            if self._train_body is None:  # outside the module tree: state_dict and modules() stay body's
+                self.__dict__["_train_body"] = fx.GraphModule(self.body, self._train_graph, "TrainStage")
             return self._train_body(h)
         return self.body(h)
 

@@ -1,5 +1,7 @@
-"""BranchyNet models (official kunglab/branchynet layer lists) and the joint loss."""
+"""BranchyNet models (official kunglab/branchynet layer lists), ResBlock's compute paths and the joint loss."""
+import copy
 import math
+import random
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from eexit.models import b_alexnet, b_lenet, b_resnet110
 from eexit.models.branchynet import BN_EPS, ResBlock, chainer_lrn
 from eexit.nn import EarlyExitNetwork
 
-from helpers import generator, new_seed
+from helpers import DTYPES, MODULE_TOL, assert_within_torch_error, generator, new_seed, randomise_bn
 
 INPUT = {"b_lenet": (1, 28, 28), "b_alexnet": (3, 32, 32), "b_resnet110": (3, 32, 32)}
 BUILDERS = {"b_lenet": b_lenet, "b_alexnet": b_alexnet, "b_resnet110": b_resnet110}
@@ -158,6 +160,20 @@ def test_alexnet_branches_read_pre_activation_conv_outputs(models):
         assert isinstance(head[0], nn.ReLU)
 
 
+def test_relus_in_place_only_on_fresh_tensors(models):
+    """A stage's output is read by its exit and the next stage: no stage or exit starts with an
+    in-place ReLU; in-place ones only follow a layer that made a new tensor in the same Sequential."""
+    fresh = (nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.Linear, nn.Sequential)
+    for net in models.values():
+        for part in [*net.stages, *net.exits]:
+            layers = list(part) if isinstance(part, nn.Sequential) else [part]
+            assert not (isinstance(layers[0], nn.ReLU) and layers[0].inplace)
+            for before, m in zip(layers, layers[1:]):
+                if isinstance(m, nn.ReLU) and m.inplace:
+                    assert isinstance(before, fresh), (before, m)
+    assert sum(isinstance(m, nn.ReLU) and m.inplace for m in models["b_alexnet"].modules()) == 8
+
+
 def test_chainer_semantics(models):
     for net in models.values():
         for m in net.modules():
@@ -165,8 +181,6 @@ def test_chainer_semantics(models):
                 assert m.ceil_mode  # Chainer cover_all=True
             if isinstance(m, nn.BatchNorm2d):
                 assert m.eps == BN_EPS
-            if isinstance(m, nn.ReLU):
-                assert not m.inplace
             if isinstance(m, nn.LocalResponseNorm):
                 assert (m.size, m.alpha, m.beta, m.k) == (3, pytest.approx(3 * 5e-5), 0.75, 2.0)
     resnet = models["b_resnet110"]
@@ -224,6 +238,86 @@ def test_resblock_zero_pad_shortcut():
     torch.testing.assert_close(y[:, 16:], F.relu(x[:, :, ::2, ::2]), msg=f"seed {seed}")
     with pytest.raises(ValueError):
         ResBlock(32, 16)
+
+
+RESBLOCK_CASES = [(16, 16, 1), (16, 32, 2), (5, 7, 1), (3, 8, 2)]
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def random_resblock(c_in, c_out, stride, gen):
+    block = ResBlock(c_in, c_out, stride)
+    with torch.no_grad():
+        for conv in (block.conv1, block.conv2):
+            conv.bias.copy_(torch.randn(conv.out_channels, generator=gen) * 0.3)
+    return randomise_bn(block, gen, mean_std=0.5, affine=True).eval()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("c_in,c_out,stride", RESBLOCK_CASES)
+def test_resblock_fused_matches_reference(c_in, c_out, stride, fmt, dtype):
+    """The inference path (BatchNorm folded, shortcut added in place) against a float64 reference,
+    its error at most a few times the reference path's own in the same dtype: empty, single-sample
+    (the direct convolution) and larger batches (F.conv2d), odd sizes, sliced input; x untouched."""
+    seed = new_seed()
+    gen, r = generator(seed), random.Random(seed)
+    block = random_resblock(c_in, c_out, stride, gen)
+    exact = copy.deepcopy(block).double().set_backend("reference")
+    block = block.to(dtype)
+    for n in (0, 1, r.randint(2, 40), "sliced"):
+        h, w = r.randint(1, 17), r.randint(1, 17)
+        if n == "sliced":
+            x = torch.randn(3, c_in + 2, h + 1, w + 3, generator=gen).to(dtype).contiguous(memory_format=fmt)
+            x = x[:, 1:-1, 1:, 2:-1]
+        else:
+            x = torch.randn(n, c_in, h, w, generator=gen).to(dtype).contiguous(memory_format=fmt)
+        before = x.clone()
+        msg = f"seed={seed} n={n} h={h} w={w}"
+        with torch.inference_mode():
+            want = exact(x.double())
+            ref = block.set_backend("reference")(x)
+            got = block.set_backend("fused")(x)
+        assert got.shape == want.shape and got.dtype == dtype, msg
+        assert torch.equal(x, before), msg
+        if want.numel():
+            assert_within_torch_error(got, ref, want, dtype, msg)
+        if n != "sliced" and x.numel() and h * w > 1:
+            assert got.is_contiguous(memory_format=fmt), msg
+
+
+def test_resblock_paths_share_parameters_and_follow_them():
+    """One state_dict (the official layer names) on every path; training runs the reference path
+    (autograd, BatchNorm statistics); the folded weights follow in-place edits and load_state_dict."""
+    seed = new_seed()
+    gen = generator(seed)
+    block = random_resblock(16, 32, 2, gen)
+    keys = [f"{m}.{k}" for m in ("conv1", "bn1", "conv2", "bn2")
+            for k in (("weight", "bias") if m.startswith("conv") else
+                      ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"))]
+    assert list(block.state_dict()) == keys
+    assert list(block.set_backend("fused").state_dict()) == keys
+    x = torch.randn(5, 16, 9, 11, generator=gen)
+
+    def check(msg):
+        with torch.inference_mode():
+            torch.testing.assert_close(block.set_backend("fused")(x), block.set_backend("reference")(x),
+                                       **MODULE_TOL[torch.float32], msg=lambda m: f"seed={seed} {msg}: {m}")
+
+    check("fresh")
+    with torch.no_grad():
+        block.bn2.running_var.mul_(3.0)
+        block.conv1.bias.add_(0.5)
+    check("after in-place edits")
+    block.load_state_dict(random_resblock(16, 32, 2, gen).state_dict())
+    check("after load_state_dict")
+    block.set_backend("auto").train()
+    y = block(x.requires_grad_())
+    y.sum().backward()
+    assert block.bn1.num_batches_tracked.item() == 1 and x.grad is not None and block.conv1.weight.grad is not None
+    with pytest.raises(RuntimeError, match="eval"):
+        block.set_backend("fused")(x)
+    block.eval()
+    check("after a training step")
 
 
 def test_chainer_init():

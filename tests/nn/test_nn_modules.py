@@ -20,10 +20,8 @@ from eexit.nn import (
     set_gate_ops,
 )
 
-from helpers import generator, new_seed, randomise_bn
+from helpers import MODULE_TOL, generator, new_seed, randomise_bn
 
-# Folded BatchNorm reassociates float32 products: a few ulps of the activations' scale.
-MODULE_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=5e-2, rtol=5e-2)}
 FORMATS = [torch.contiguous_format, torch.channels_last]
 
 

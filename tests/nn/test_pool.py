@@ -7,7 +7,7 @@ from torch import nn
 
 from eexit import ops
 from eexit.models import b_alexnet, b_lenet
-from eexit.nn import ComputePathModule, Conv2d, MaxPool2d, attach_exits, set_backend
+from eexit.nn import ComputePathModule, Conv2d, LocalResponseNorm, MaxPool2d, attach_exits, set_backend
 
 from helpers import generator, new_seed
 
@@ -74,8 +74,9 @@ def test_inference_runs_the_op_and_training_the_reference(op_calls, backend):
 @pytest.mark.parametrize("build,shape", [(b_lenet, (1, 28, 28)), (b_alexnet, (3, 32, 32))], ids=["lenet", "alexnet"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_branchynet_fused_equals_reference(op_calls, build, shape, fmt):
-    """Every exit's logits: the fused pools change no bit (the convolutions kept on the reference
-    path here: eexit.nn.Conv2d's direct convolution rounds differently, tests/ops/test_direct_conv2d.py)."""
+    """Every exit's logits: the fused pools change no bit (the convolutions and LRNs kept on the
+    reference path here: their fused paths round differently, tests/ops/test_direct_conv2d.py and
+    tests/ops/test_local_response_norm.py)."""
     seed = new_seed()
     torch.manual_seed(seed)
     model = build().eval()
@@ -87,7 +88,7 @@ def test_branchynet_fused_equals_reference(op_calls, build, shape, fmt):
         assert not op_calls
         model.set_backend("fused")
         for m in model.modules():
-            if isinstance(m, Conv2d):
+            if isinstance(m, (Conv2d, LocalResponseNorm)):
                 m.compute_path = "reference"
         got = model(x)
     assert len(op_calls) == len(pools)

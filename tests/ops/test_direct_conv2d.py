@@ -15,17 +15,9 @@ import eexit
 from eexit import ops
 from eexit.nn.direct_conv import DIRECT_MAX_TAPS, direct_conv_pays
 
-from helpers import CONV_ATOL, CONV_ERROR_FACTOR, DTYPES, generator, new_seed
+from helpers import DTYPES, assert_within_torch_error, generator, new_seed
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
-
-
-def assert_within_torch_error(got, torch_out, exact, dtype, msg=""):
-    """got's error against the float64 ``exact`` at most CONV_ERROR_FACTOR x torch_out's (PyTorch's
-    own result in the same dtype) plus CONV_ATOL[dtype]."""
-    torch_err = (torch_out.double() - exact).abs().max().item()
-    err = (got.double() - exact).abs().max().item()
-    assert err <= CONV_ERROR_FACTOR * torch_err + CONV_ATOL[dtype], (msg, err, torch_err)
 
 
 def check_close(x, weight, bias, padding, msg=""):
