@@ -157,7 +157,6 @@ def direct_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return _direct_conv2d_op(x, weight, bias, p)
 
 
-
 def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
                         k: float = 1.0) -> torch.Tensor:
     """``torch.nn.functional.local_response_norm(x, size, alpha, beta, k)`` across the channels of
@@ -176,6 +175,7 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: f
     if x.requires_grad:
         _refuse_grad("local_response_norm", (x,), train_with="torch.nn.functional.local_response_norm")
     return _lrn_op(x, size, float(alpha), float(beta), float(k))
+
 
 if has_extension():
     _exit_gate_op = torch.ops.eexit.exit_gate.default
