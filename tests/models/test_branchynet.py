@@ -206,8 +206,9 @@ def chainer_lrn_reference(x, n, k, alpha, beta):
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_lrn_matches_chainer(n, fmt):
-    """ChannelWindowLRN equals Chainer's definition and PyTorch's LocalResponseNorm (values and
-    gradients), keeps the memory format, and handles fewer channels than the window."""
+    """chainer_lrn (eexit.nn.LocalResponseNorm; with grad, its reference path) equals Chainer's
+    definition and PyTorch's LocalResponseNorm (values and gradients), keeps the memory format, and
+    handles fewer channels than the window."""
     seed = new_seed()
     for c in [7, 2]:
         x = (torch.randn(2, c, 4, 5, generator=generator(seed), dtype=torch.float64) * 30).contiguous(memory_format=fmt)
