@@ -192,10 +192,16 @@ def _check_image(op: str, x: object, dtypes: Sequence[torch.dtype], channels: st
 
 def check_lrn_args(x, size, alpha, beta, k) -> None:
     """local_response_norm's tensor and values (see :func:`eexit.ops.local_response_norm`) as
-    csrc/checks.cpp checks them, and that alpha, beta and k are real numbers."""
+    csrc/checks.cpp checks them, and :func:`check_lrn_values`."""
     if isinstance(x, torch.Tensor) and x.dim() != 4:  # F.local_response_norm reads 3-D input as [N, C, L]
         raise ValueError(f"local_response_norm: x must have shape [N, C, H, W] (rank 4), got shape {list(x.shape)}")
     _check_image("local_response_norm", x, FLOAT_DTYPES, "C")
+    check_lrn_values(size, alpha, beta, k)
+
+
+def check_lrn_values(size, alpha, beta, k) -> None:
+    """local_response_norm's size (an int >= 1, as csrc/checks.cpp checks it) and alpha, beta, k
+    (real numbers: the op's schema would refuse others less clearly)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"local_response_norm: size must be an int >= 1, got {size!r}")
     for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):

@@ -26,6 +26,7 @@ from eexit._checks import (
     check_gate_args,
     check_logits,
     check_lrn_args,
+    check_lrn_values,
     check_max_pool_args,
     conv_padding,
     pool_pairs,
@@ -169,9 +170,10 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: f
     output keeps x's memory format when x is contiguous or channels_last. On other devices than the
     CPU it runs ``F.local_response_norm`` after the same checks.
     """
-    check_lrn_args(x, size, alpha, beta, k)
-    if not has_extension() or x.device.type != "cpu":
+    if not has_extension() or not isinstance(x, torch.Tensor) or x.device.type != "cpu":
+        check_lrn_args(x, size, alpha, beta, k)
         return F.local_response_norm(x, size, alpha, beta, k)
+    check_lrn_values(size, alpha, beta, k)  # x: checked by the op (csrc/checks.cpp, the same messages)
     if x.requires_grad:
         _refuse_grad("local_response_norm", (x,), train_with="torch.nn.functional.local_response_norm")
     return _lrn_op(x, size, float(alpha), float(beta), float(k))

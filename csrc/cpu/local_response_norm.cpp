@@ -34,7 +34,7 @@ void lrn_blocks(const at::Tensor& x, at::Tensor& y, bool pixels, int64_t size, f
     std::vector<float> scratch(avx2 ? cpu::lrn_scratch_avx2(C, size) : cpu::lrn_scratch_default(C, size), 0.f);
     std::vector<float> in(is_float ? 0 : C * block), out(is_float ? 0 : C * block);
     for (int64_t t = begin; t < end; ++t) {
-      // the block: count positions from element offset `at`; channel stride cs in x and y
+      // the block: count positions from element offset at_, its rows cs elements apart in x and y
       int64_t at_, count, cs;
       if (pixels) {
         const int64_t p0 = t * block;
@@ -55,15 +55,16 @@ void lrn_blocks(const at::Tensor& x, at::Tensor& y, bool pixels, int64_t size, f
       a.alpha = alpha;
       a.beta = beta;
       a.k = k;
-      // element (c, i) of the block: at_ + c * cs + i (planes) or at_ + i * C + c (pixels)
+      // the block as rows x cols, row r at at_ + r * cs: channels x positions (planes) or
+      // positions x channels (pixels); float32 copies of it are dense (row stride cols)
+      const int64_t rows = pixels ? count : C, cols = pixels ? C : count;
       if constexpr (is_float) {
         a.x = xp + at_;
         a.y = yp + at_;
         a.cs = cs;
       } else {
-        const int64_t rows = pixels ? count : C, cols = pixels ? C : count, stride = pixels ? C : cs;
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t q = 0; q < cols; ++q) in[r * cols + q] = static_cast<float>(xp[at_ + r * stride + q]);
+          for (int64_t q = 0; q < cols; ++q) in[r * cols + q] = static_cast<float>(xp[at_ + r * cs + q]);
         a.x = in.data();
         a.y = out.data();
         a.cs = cols;
@@ -71,9 +72,8 @@ void lrn_blocks(const at::Tensor& x, at::Tensor& y, bool pixels, int64_t size, f
       if (avx2) cpu::lrn_avx2(a, scratch.data());
       else cpu::lrn_default(a, scratch.data());
       if constexpr (!is_float) {
-        const int64_t rows = pixels ? count : C, cols = pixels ? C : count, stride = pixels ? C : cs;
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t q = 0; q < cols; ++q) yp[at_ + r * stride + q] = static_cast<scalar_t>(out[r * cols + q]);
+          for (int64_t q = 0; q < cols; ++q) yp[at_ + r * cs + q] = static_cast<scalar_t>(out[r * cols + q]);
       }
     }
   });

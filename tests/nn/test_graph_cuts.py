@@ -119,11 +119,10 @@ def test_vector_features_get_linear_heads_and_train_mode_graphs():
         torch.testing.assert_close(net(x)[-1], want)
     # the train-mode graph runs outside the module tree: the state_dict and modules() stay the same
     # (it was once registered as a submodule, and strict loading into a fresh network then failed)
-    keys = list(attach_exits(Dropping(), ["a", "b"], 3, torch.zeros(1, 5)).state_dict())
-    assert list(net.state_dict()) == keys
-    assert sum(1 for _ in net.modules()) == sum(1 for _ in attach_exits(Dropping(), ["a", "b"], 3,
-                                                                         torch.zeros(1, 5)).modules())
-    attach_exits(Dropping(), ["a", "b"], 3, torch.zeros(1, 5)).load_state_dict(net.state_dict())
+    fresh = attach_exits(Dropping(), ["a", "b"], 3, torch.zeros(1, 5))
+    assert list(net.state_dict()) == list(fresh.state_dict())
+    assert len(list(net.modules())) == len(list(fresh.modules()))
+    fresh.load_state_dict(net.state_dict())
     net.train()
     net.to(torch.float64)  # the train-mode graph follows the module's conversion
     assert net(x.double())[-1].dtype == torch.float64
