@@ -87,3 +87,29 @@ def target_line(met: List[str], missed: List[str], what: str) -> str:
     """How many of the configurations (``what``) met the target, and which did not."""
     total = len(met) + len(missed)
     return f"Target met at {len(met)} of {total} {what}." + (f" Missed: {', '.join(missed)}." if missed else "")
+
+
+def op_race_table(path: str, title: str, contenders: Sequence[str], legend: Sequence[str], target: float) -> None:
+    """Print the results table of an op benchmark whose cases are (layer, fmt, n) and whose
+    interleaved contenders include ``op``, ``eager``, ``compile`` and ``module``: ms per contender,
+    eager/op, compile/op and the module's speed over the faster of eager and compile against
+    ``target``. ``legend``: lines saying what each contender is."""
+    data = load(path)
+    by_case = groups(data, lambda e: (e["layer"], e["fmt"], e["n"]))
+    print(header(data, title, False))
+    print()
+    print(f"Interleaved medians in ms (each round runs the {len(contenders)} in turn); ratios above 1: the second is "
+          "faster.")
+    print("\n".join(legend))
+    print(f"Target: module at least {target} x as fast as the faster of eager and compile at every case.\n")
+    print(table_head(["layer", "format", "N", *(f"{c} ms" for c in contenders), "eager/op", "compile/op",
+                      "best stock/module", "target met"], "llr" + "r" * len(contenders) + "rrrc"))
+    met, missed = [], []
+    for key in sorted(by_case):
+        ms = {c: by_case[key].interleaved[c] * 1e3 for c in contenders}
+        best = min(ms["eager"], ms["compile"])
+        ok = best / ms["module"] >= target
+        (met if ok else missed).append(f"{key[0]} {key[1]} N={key[2]}")
+        print(row([*key, *(f"{ms[c]:.3f}" for c in contenders), f"{ms['eager'] / ms['op']:.2f}",
+                   f"{ms['compile'] / ms['op']:.2f}", f"{best / ms['module']:.2f}", "yes" if ok else "no"]))
+    print("\n" + target_line(met, missed, "cases"))

@@ -145,8 +145,10 @@ POOL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _as_pair(op: str, name: str, value: object) -> Tuple[int, int]:
+    if type(value) is int:  # the common cases, checked cheaply (ops run this on every call)
+        return value, value
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
-        return value  # the common case, checked cheaply (ops run this on every call)
+        return value
     pair = (value, value) if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool) else value
     if not isinstance(pair, (tuple, list)) or any(isinstance(v, bool) or not isinstance(v, (int, torch.SymInt))
                                                   for v in pair):

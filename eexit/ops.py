@@ -116,12 +116,15 @@ def append_channels(buf: torch.Tensor, src: torch.Tensor, c0: int, pre: Optional
 
 def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False) -> torch.Tensor:
     """``torch.nn.functional.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)`` (dilation 1,
-    no indices), equal to it bit for bit: any NaN in a window gives NaN.
+    no indices), equal to it bit for bit (signed zeros included) except that a NaN's payload may
+    differ: any NaN in a window gives a NaN.
 
     x: [N, C, H, W] or [C, H, W] (N may be 0), float32/float64/float16/bfloat16, any strides;
     kernel_size, stride (None: kernel_size) and padding: an int or an (h, w) pair, padding at most
     half the kernel. The output keeps x's memory format when x is contiguous or channels_last
-    (contiguous otherwise). On CPU it is several times faster than PyTorch's pooling of NCHW tensors.
+    (contiguous otherwise). On CPU it is several times faster than PyTorch's pooling of NCHW tensors
+    (float32: vectors along the output row for windows 2 or 3 wide at stride 2, along the channels
+    for channels_last tensors).
     """
     k, s, p = pool_pairs(kernel_size, stride, padding, ceil_mode)
     if not has_extension():

@@ -90,4 +90,46 @@ int64_t lrn_scratch_avx2(int64_t C, int64_t size);
 void lrn_default(const LrnArgs& args, float* scratch);
 void lrn_avx2(const LrnArgs& args, float* scratch);
 
+// Max pooling of NCHW float32 planes (pool_kernel.h), windows kh rows x kw (2 or 3) columns at
+// column stride 2, output o's window starting at input column 2 o - pad:
+//   y[(q * H_out + oh) * W_out + o] = max over taps i < kh, j < kw of
+//       plane_q[rows[oh * kh + i] * sh + clamp(2 o - pad + j, 0, W - 1)]
+// for planes q in [q0, q1), plane q = (q / C, q % C) at x + (q / C) * sn + (q % C) * sc with
+// contiguous columns; torch's order: NaN wins, equal values keep the first in row-major order.
+// Outputs [lo, hi) of a row have their windows inside it. The kernel may read anywhere in
+// [x, x_end) (x_end: one past x's last element).
+struct PoolRowsArgs {
+  const float* x;
+  const float* x_end;
+  float* y;
+  int64_t C, sn, sc, sh;
+  int64_t q0, q1;
+  const int64_t* rows;  // [H_out * kh], clamped into the input
+  int64_t kh, kw;
+  int64_t H_out, W, W_out, pad, lo, hi;
+};
+
+void pool_rows_default(const PoolRowsArgs& args);
+void pool_rows_avx2(const PoolRowsArgs& args);
+
+// Max pooling of channels-innermost float32 images (pool_kernel.h), any window: output pixel
+// rows r in [r0, r1) of the N * H_out (image r / H_out, row oh = r % H_out), every pixel ow:
+//   y[(r * W_out + ow) * C + c] = max over taps i < kh, j < kw of
+//       x[(r / H_out) * sn + row_taps[oh * kh + i] * sh + col_taps[ow * kw + j] * sw + c]
+// (taps clamped into the input); torch's order as above. The kernel may read anywhere in
+// [x, x_end) and write anywhere in y's rows [r0, r1).
+struct PoolPixelsArgs {
+  const float* x;
+  const float* x_end;
+  float* y;
+  int64_t C, sn, sh, sw;
+  int64_t r0, r1, H_out, W_out;
+  const int64_t* row_taps;  // [H_out * kh]
+  const int64_t* col_taps;  // [W_out * kw]
+  int64_t kh, kw;
+};
+
+void pool_pixels_default(const PoolPixelsArgs& args);
+void pool_pixels_avx2(const PoolPixelsArgs& args);
+
 }  // namespace eexit::cpu

@@ -25,6 +25,7 @@
 #include "cpu/conv_kernel.h"
 #include "cpu/gate_kernel.h"
 #include "cpu/lrn_kernel.h"
+#include "cpu/pool_kernel.h"
 
 namespace eexit::cpu {
 void gate_rows_avx2(const GateArgs& args, int64_t begin, int64_t end) {
@@ -37,6 +38,8 @@ int64_t conv_lanes_avx2() { return AVX2::kConvLanes; }
 void conv_rows_avx2(const ConvRowsArgs& args) { AVX2::conv_rows_dispatch(args); }
 int64_t lrn_scratch_avx2(int64_t C, int64_t size) { return AVX2::lrn_scratch(C, size); }
 void lrn_avx2(const LrnArgs& args, float* scratch) { AVX2::lrn_dispatch(args, scratch); }
+void pool_rows_avx2(const PoolRowsArgs& args) { AVX2::pool_rows_dispatch(args); }
+void pool_pixels_avx2(const PoolPixelsArgs& args) { AVX2::pool_pixels_dispatch(args); }
 }  // namespace eexit::cpu
 #else
 namespace eexit::cpu {
@@ -50,5 +53,7 @@ int64_t conv_lanes_avx2() { return conv_lanes_default(); }
 void conv_rows_avx2(const ConvRowsArgs& args) { conv_rows_default(args); }
 int64_t lrn_scratch_avx2(int64_t C, int64_t size) { return lrn_scratch_default(C, size); }
 void lrn_avx2(const LrnArgs& args, float* scratch) { lrn_default(args, scratch); }
+void pool_rows_avx2(const PoolRowsArgs& args) { pool_rows_default(args); }
+void pool_pixels_avx2(const PoolPixelsArgs& args) { pool_pixels_default(args); }
 }  // namespace eexit::cpu
 #endif

@@ -7,6 +7,7 @@
 #include "cpu/conv_kernel.h"
 #include "cpu/gate_kernel.h"
 #include "cpu/lrn_kernel.h"
+#include "cpu/pool_kernel.h"
 
 namespace eexit::cpu {
 
@@ -40,5 +41,9 @@ void conv_rows_default(const ConvRowsArgs& args) { DEFAULT::conv_rows_dispatch(a
 int64_t lrn_scratch_default(int64_t C, int64_t size) { return DEFAULT::lrn_scratch(C, size); }
 
 void lrn_default(const LrnArgs& args, float* scratch) { DEFAULT::lrn_dispatch(args, scratch); }
+
+void pool_rows_default(const PoolRowsArgs& args) { DEFAULT::pool_rows_dispatch(args); }
+
+void pool_pixels_default(const PoolPixelsArgs& args) { DEFAULT::pool_pixels_dispatch(args); }
 
 }  // namespace eexit::cpu

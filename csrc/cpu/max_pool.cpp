@@ -2,6 +2,8 @@
 // the planes of NCHW tensors or the output pixel rows of NHWC tensors. The window
 // fold runs along a whole output row (NCHW) or a pixel's channels (NHWC), loops
 // that gcc -O3 vectorises; the 2x2 and 3x3 stride-2 windows get compile-time sizes.
+// Float32 goes to at::vec kernels built per ISA (pool_kernel.h): NCHW rows at column
+// stride 2 with windows 2 or 3 wide, and channels_last tensors with any window.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -11,8 +13,10 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "eexit.h"
 
 namespace eexit {
@@ -37,6 +41,13 @@ struct Axis {
   // Input index of tap j of output o's window, clamped into the input.
   int64_t clamped(int64_t o, int64_t j) const { return std::clamp<int64_t>(o * s - p + j, 0, in - 1); }
 };
+
+// The offset of x's last element (x has no empty dimension).
+int64_t last_element(const at::Tensor& x) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < x.dim(); ++d) last += (x.size(d) - 1) * x.stride(d);
+  return last;
+}
 
 // Windows are read with their indices clamped into the input rather than clipped: a tap in the
 // padding or past the ceil-mode border reads the nearest input element of the window again,
@@ -66,12 +77,29 @@ void pool_row(const scalar_t* const* rows, scalar_t* __restrict__ y, const Axis&
   for (int64_t o = w.hi; o < w.out; ++o) edge(o);
 }
 
+// Float32 rows with windows 2 or 3 wide at column stride 2 go to the at::vec kernel
+// (pool_kernel.h), one call per block of planes.
 template <int KH, int KW, int S, typename scalar_t>
 void pool_nchw(const at::Tensor& x, at::Tensor& y, const Axis& h, const Axis& w) {
   const int64_t C = x.size(1), sn = x.stride(0), sc = x.stride(1), sh = x.stride(2);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / (h.in * w.in));
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (w.s == 2 && (w.k == 2 || w.k == 3) && w.hi > w.lo) {
+      std::vector<int64_t> taps;  // [H_out * kh]: the input row of each output row's tap
+      for (int64_t oh = 0; oh < h.out; ++oh)
+        for (int64_t i = 0; i < h.k; ++i) taps.push_back(h.clamped(oh, i));
+      const float* x_end = xp + last_element(x) + 1;
+      at::parallel_for(0, x.size(0) * C, grain, [&](int64_t begin, int64_t end) {
+        const cpu::PoolRowsArgs a{xp, x_end, yp, C, sn, sc, sh, begin, end, taps.data(),
+                                  h.k, w.k, h.out, w.in, w.out, w.p, w.lo, w.hi};
+        if (cpu::use_avx2()) cpu::pool_rows_avx2(a);
+        else cpu::pool_rows_default(a);
+      });
+      return;
+    }
+  }
   at::parallel_for(0, x.size(0) * C, grain, [&](int64_t begin, int64_t end) {
     std::vector<const scalar_t*> rows(h.k);
     for (int64_t q = begin; q < end; ++q) {
@@ -84,7 +112,8 @@ void pool_nchw(const at::Tensor& x, at::Tensor& y, const Axis& h, const Axis& w)
   });
 }
 
-// Channels innermost: each output pixel folds the C-vectors of its window, along c.
+// Channels innermost: each output pixel folds the C-vectors of its window, along c; float32
+// in the at::vec kernel (pool_kernel.h), one call per block of pixel rows.
 template <int KH, int KW, typename scalar_t>
 void pool_nhwc(const at::Tensor& x, at::Tensor& y, const Axis& h, const Axis& w) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -93,6 +122,21 @@ void pool_nhwc(const at::Tensor& x, at::Tensor& y, const Axis& h, const Axis& w)
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / (kh * w.in * C));
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    std::vector<int64_t> row_taps, col_taps;  // clamped input rows and columns of every output's taps
+    for (int64_t o = 0; o < h.out; ++o)
+      for (int64_t i = 0; i < kh; ++i) row_taps.push_back(h.clamped(o, i));
+    for (int64_t o = 0; o < w.out; ++o)
+      for (int64_t j = 0; j < kw; ++j) col_taps.push_back(w.clamped(o, j));
+    const float* x_end = xp + last_element(x) + 1;
+    at::parallel_for(0, x.size(0) * h.out, grain, [&](int64_t begin, int64_t end) {
+      const cpu::PoolPixelsArgs a{xp, x_end, yp, C, sn, sh, sw, begin, end, h.out, w.out,
+                                  row_taps.data(), col_taps.data(), kh, kw};
+      if (cpu::use_avx2()) cpu::pool_pixels_avx2(a);
+      else cpu::pool_pixels_default(a);
+    });
+    return;
+  }
   at::parallel_for(0, x.size(0) * h.out, grain, [&](int64_t begin, int64_t end) {
     std::vector<const scalar_t*> rows(kh), taps(kh * kw);
     for (int64_t r = begin; r < end; ++r) {

@@ -11,8 +11,8 @@ from eexit.nn.execution import ComputePathModule
 
 class MaxPool2d(nn.MaxPool2d, ComputePathModule):
     """``nn.MaxPool2d`` (same arguments, no parameters or state) whose inference paths run
-    :func:`eexit.ops.max_pool2d`, which equals ``F.max_pool2d`` bit for bit and is many times faster
-    on CPU for NCHW tensors.
+    :func:`eexit.ops.max_pool2d`, which equals ``F.max_pool2d`` bit for bit (NaN payloads aside) and
+    is many times faster on CPU for NCHW tensors.
 
     The reference path (training, autograd) is ``F.max_pool2d``; every other path (``folded``,
     ``triton``, ``fast``: there is no Triton pooling kernel) runs the op. ``dilation`` must be 1 and

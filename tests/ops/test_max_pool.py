@@ -2,6 +2,9 @@
 zeros, NaN positions), shapes and memory formats; its argument checks (Python, fake and C++ alike),
 opcheck and torch.compile."""
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -134,6 +137,67 @@ def test_large_batch_uses_threads_and_stays_exact():
     x = special_values((64, 16, 30, 30), torch.float32, generator(seed))
     for fmt in (torch.contiguous_format, torch.channels_last):
         check(x.contiguous(memory_format=fmt), 2, 2, 0, True, f"seed={seed} {fmt}")
+
+
+STRIDE2 = [(k, 2, p, ceil) for k in (2, 3) for p in (0, 1) for ceil in (True, False)]
+
+
+@pytest.mark.parametrize("geometry", STRIDE2, ids=str)
+def test_stride2_rows_of_any_width(geometry):
+    """float32 NCHW at column stride 2 runs the at::vec kernel: widths from one output to several
+    vectors of them (whole vectors, an overlapping last vector, a partial one), odd heights."""
+    k, s, p, ceil = geometry
+    seed = new_seed()
+    gen = generator(seed)
+    widths = [k, k + 1, 16, 17, 18, 33, 34] + torch.randint(k, 71, (4,), generator=gen).tolist()
+    for w in widths:
+        h = int(torch.randint(k, 12, (), generator=gen))
+        x = special_values((2, 3, h, w), torch.float32, gen)
+        check(x, k, s, p, ceil, f"seed={seed} shape={(2, 3, h, w)}")
+        check(x[:, 1:], k, s, p, ceil, f"seed={seed} channel slice of {(2, 3, h, w)}")
+
+
+# x (NCHW or channels_last) at the very end of a readable page, the next page unreadable: a read
+# past x's last element kills the process. The same checks under ATEN_CPU_CAPABILITY=default run the portable kernel.
+GUARD_PAGE_SCRIPT = r"""
+import ctypes, mmap, torch, torch.nn.functional as F
+from eexit import ops
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+page = mmap.PAGESIZE
+base = libc.mmap(None, 2 * page, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+assert base not in (None, ctypes.c_void_p(-1).value) and libc.mprotect(base + page, page, 0) == 0  # PROT_NONE
+g = torch.Generator().manual_seed(SEED)
+cases = [((1, 1, 2, 9), False), ((1, 2, 5, 17), False), ((2, 1, 3, 31), False), ((1, 1, 9, 100), False),
+         ((3, 2, 4, 7), False), ((2, 5, 4, 5), True), ((1, 3, 3, 3), True), ((2, 12, 5, 3), True)]
+for shape, channels_last in cases:
+    n = shape[0] * shape[1] * shape[2] * shape[3]
+    flat = torch.frombuffer((ctypes.c_float * n).from_address(base + page - 4 * n), dtype=torch.float32)
+    N, C, H, W = shape
+    x = flat.view(N, H, W, C).permute(0, 3, 1, 2) if channels_last else flat.view(shape)
+    x.copy_(torch.randn(shape, generator=g))
+    for k in (2, 3):
+        for p in (0, 1):
+            for ceil in (True, False):
+                if shape[2] + 2 * p >= k and shape[3] + 2 * p >= k:
+                    want = F.max_pool2d(x.clone(), k, 2, p, ceil_mode=ceil)
+                    assert torch.equal(ops.max_pool2d(x, k, 2, p, ceil), want), (shape, channels_last, k, p, ceil)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("capability", ["native", "default"])
+def test_float32_kernels_read_only_inside_x(capability):
+    if capability == "default" and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("CPU has no vector ISA to disable")
+    env = dict(os.environ)
+    if capability == "default":
+        env["ATEN_CPU_CAPABILITY"] = "default"
+    script = GUARD_PAGE_SCRIPT.replace("SEED", str(new_seed()))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-3000:])
 
 
 BAD_ARGS = [
