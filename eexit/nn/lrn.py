@@ -31,7 +31,8 @@ class LocalResponseNorm(nn.LocalResponseNorm, ComputePathModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             return super().forward(x)
-        if x.is_cpu and self.resolve_path(x) != "reference":
+        # resolved on every device, so that an inference-only path refuses training everywhere
+        if self.resolve_path(x) != "reference" and x.is_cpu:
             return ops.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
         sq = x * x
         s = sq.clone()

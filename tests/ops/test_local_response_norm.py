@@ -187,3 +187,5 @@ def test_module_off_the_cpu_runs_the_slices(monkeypatch):
     monkeypatch.setattr(ops, "local_response_norm", lambda *a, **k: pytest.fail("op called off the CPU"))
     with torch.no_grad():
         assert LocalResponseNorm(3).eval()(X.to("meta")).shape == X.shape
+    with pytest.raises(RuntimeError, match="inference-only"):  # as on the CPU: a fused path does not train
+        LocalResponseNorm(3, backend="fused").train()(X.to("meta"))
