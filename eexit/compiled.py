@@ -21,7 +21,7 @@ from torch import nn
 
 from eexit.bucketed import DEFAULT_BUCKETS, BucketedPart, check_buckets
 from eexit.nn.early_exit import EarlyExitModel
-from eexit.nn.execution import set_compute_path
+from eexit.nn.execution import ComputePathModule
 from eexit.runner import gated_step
 
 
@@ -96,7 +96,9 @@ def compile(model: EarlyExitModel, *, example_input: Optional[Any] = None, gate:
     ``forward`` and ``infer``; returns the same model.
 
     The conv modules are set to the reference compute path (Inductor sees plain convolutions,
-    BatchNorm and concatenations); ``options`` go to ``torch.compile`` (``dynamic`` is not
+    BatchNorm and concatenations); modules whose inference path is one eexit op that Inductor
+    cannot beat (``compiled_as_op``: :class:`~eexit.nn.LocalResponseNorm`) keep theirs, the op
+    staying one call in the graph. ``options`` go to ``torch.compile`` (``dynamic`` is not
     accepted: the batch dimension is dynamic, every other one static). With ``example_input``
     (a batch as ``forward`` takes it; its samples are repeated or cut to the sizes of
     ``WARMUP_BATCHES``) the graphs ``infer`` runs are compiled at once, under ``torch.no_grad()``
@@ -138,7 +140,9 @@ def compile(model: EarlyExitModel, *, example_input: Optional[Any] = None, gate:
         raise ValueError(f"compile: gate must be one of {GATE_PLACES}, got {gate!r}")
     if gate == "inside" and buckets is not None:
         raise ValueError("compile: buckets and cuda_graphs need gate='between' (the gate's sizes are data-dependent)")
-    set_compute_path(model, "reference")
+    for m in model.modules():
+        if isinstance(m, ComputePathModule) and not m.compiled_as_op:
+            m.compute_path = "reference"
     stages, exits = model.exit_stages()
     steps = [GatedStep(s, e) for s, e in zip(stages[:-1], exits[:-1])] if gate == "inside" else []
     _allow_graphs(len(stages) + len(exits) + 2 * len(steps))  # a step's graphs: per threshold too
@@ -164,7 +168,7 @@ def compile(model: EarlyExitModel, *, example_input: Optional[Any] = None, gate:
 
 
 def uncompile(model: EarlyExitModel) -> EarlyExitModel:
-    """Back to eager stages and exits (the compute path stays "reference"); returns model."""
+    """Back to eager stages and exits (the compute paths stay as :func:`compile` set them); returns model."""
     model.compiled_parts = None
     model.compiled_steps = None
     return model

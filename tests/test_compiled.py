@@ -1,4 +1,5 @@
 """eexit.compile: stages and exits under torch.compile with a dynamic batch dimension."""
+import copy
 import math
 import os
 import subprocess
@@ -118,6 +119,33 @@ def test_compile_any_early_exit_model():
         out = net.infer(torch.randn(4, 3, 8, 8), [0.4, 0.0])
     assert out.logits.shape == (4, 3)
     assert len(model.state_dict()) == len(b_lenet().state_dict()), "compiling adds no parameters"
+
+
+def test_local_response_norm_stays_eexits_op_in_the_graphs(monkeypatch):
+    """eexit.compile sets the reference path on the conv modules but leaves LocalResponseNorm on its
+    own (compiled_as_op): its op runs inside the graphs (aot_eager: fake kernel, dynamic batch), no
+    batch size recompiles after the warm-up, and infer equals the eager fused model's."""
+    seed = new_seed()
+    torch.manual_seed(seed)
+    net = EarlyExitNetwork([nn.Sequential(ConvBNReLU(3, 8), eexit.nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0)),
+                            ConvBNReLU(8, 8, stride=2)], [pool_linear_head(8, 5), pool_linear_head(8, 5)])
+    net = randomise_bn(net, generator(seed)).eval()
+    eager = copy.deepcopy(net).set_backend("fused")
+    lrn = net.stages[0][1]
+    eexit.compile(net, backend="aot_eager", example_input=torch.randn(4, 3, 8, 8))
+    assert lrn.compute_path == "auto" and net.stages[0][0].compute_path == "reference"
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
+        for b in (1, 2, 7, 64, 300):
+            x = torch.randn(b, 3, 8, 8, generator=generator(seed + b))
+            got, want = net.infer(x, [0.5, 0.0]), eager.infer(x, [0.5, 0.0])
+            assert torch.equal(got.exit_index, want.exit_index)
+            torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()  # traced again with a spy: the graph calls eexit's op
+    calls, real = [], eexit.ops.local_response_norm
+    monkeypatch.setattr(eexit.ops, "local_response_norm", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.inference_mode():
+        net.infer(torch.randn(3, 3, 8, 8), [0.5, 0.0])
+    assert calls, "the compiled stage did not run eexit.ops.local_response_norm"
 
 
 def test_compile_errors():

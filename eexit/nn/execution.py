@@ -161,7 +161,12 @@ class ComputePathModule(nn.Module):
     setting, its resolution for an input (:meth:`resolve_path`) and a cache of folded weights.
 
     ``backend`` (constructor and :meth:`set_backend`) is the common switch; it sets compute_path.
+    ``compiled_as_op``: True for a module whose inference path is one eexit custom op that
+    ``torch.compile`` keeps as one opaque call and that beats what Inductor makes of the reference
+    path; :func:`eexit.compile` leaves such modules on their compute path.
     """
+
+    compiled_as_op = False
 
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()

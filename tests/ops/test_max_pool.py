@@ -145,7 +145,8 @@ STRIDE2 = [(k, 2, p, ceil) for k in (2, 3) for p in (0, 1) for ceil in (True, Fa
 @pytest.mark.parametrize("geometry", STRIDE2, ids=str)
 def test_stride2_rows_of_any_width(geometry):
     """float32 NCHW at column stride 2 runs the at::vec kernel: widths from one output to several
-    vectors of them (whole vectors, an overlapping last vector, a partial one), odd heights."""
+    vectors of them (whole vectors, an overlapping last vector, a partial one), odd heights; and
+    channels_last with channel counts around the vector width."""
     k, s, p, ceil = geometry
     seed = new_seed()
     gen = generator(seed)
@@ -155,6 +156,11 @@ def test_stride2_rows_of_any_width(geometry):
         x = special_values((2, 3, h, w), torch.float32, gen)
         check(x, k, s, p, ceil, f"seed={seed} shape={(2, 3, h, w)}")
         check(x[:, 1:], k, s, p, ceil, f"seed={seed} channel slice of {(2, 3, h, w)}")
+    for c in (7, 8, 9, 16, 17, 33):  # channels_last float32: vectors of channels, partial / overlapping last
+        shape = (2, c, int(torch.randint(k, 12, (), generator=gen)), int(torch.randint(k, 12, (), generator=gen)))
+        x = special_values(shape, torch.float32, gen).contiguous(memory_format=torch.channels_last)
+        got, _ = check(x, k, s, p, ceil, f"seed={seed} channels_last {shape}")
+        assert got.is_contiguous(memory_format=torch.channels_last)
 
 
 # x (NCHW or channels_last) at the very end of a readable page, the next page unreadable: a read
