@@ -121,31 +121,46 @@ def test_compile_any_early_exit_model():
     assert len(model.state_dict()) == len(b_lenet().state_dict()), "compiling adds no parameters"
 
 
-def test_local_response_norm_stays_eexits_op_in_the_graphs(monkeypatch):
-    """eexit.compile sets the reference path on the conv modules but leaves LocalResponseNorm on its
-    own (compiled_as_op): its op runs inside the graphs (aot_eager: fake kernel, dynamic batch), no
-    batch size recompiles after the warm-up, and infer equals the eager fused model's."""
-    seed = new_seed()
+def lrn_net(seed: int) -> tuple:
+    """A toy network with an eexit.nn.LocalResponseNorm, that module, its op's name, input shape."""
     torch.manual_seed(seed)
     net = EarlyExitNetwork([nn.Sequential(ConvBNReLU(3, 8), eexit.nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0)),
                             ConvBNReLU(8, 8, stride=2)], [pool_linear_head(8, 5), pool_linear_head(8, 5)])
     net = randomise_bn(net, generator(seed)).eval()
+    return net, net.stages[0][1], "local_response_norm", (3, 8, 8)
+
+
+def lenet_net(seed: int) -> tuple:
+    """B-LeNet, its 1->5 5x5 layer (25 taps: direct at every batch size), the op's name, input shape."""
+    torch.manual_seed(seed)
+    net = b_lenet().eval()
+    return net, net.stages[0][0], "direct_conv2d", (1, 28, 28)
+
+
+@pytest.mark.parametrize("build", [lrn_net, lenet_net], ids=["lrn", "b-lenet conv1"])
+def test_compiled_as_op_modules_keep_eexits_op_in_the_graphs(build, monkeypatch):
+    """eexit.compile sets the reference path on the other modules but leaves a compiled_as_op one
+    on its own: its op runs inside the graphs (aot_eager: fake kernel, dynamic batch), no batch size
+    recompiles after the warm-up, and infer equals the eager fused model's."""
+    seed = new_seed()
+    net, kept, op_name, shape = build(seed)
     eager = copy.deepcopy(net).set_backend("fused")
-    lrn = net.stages[0][1]
-    eexit.compile(net, backend="aot_eager", example_input=torch.randn(4, 3, 8, 8))
-    assert lrn.compute_path == "auto" and net.stages[0][0].compute_path == "reference"
+    eexit.compile(net, backend="aot_eager", example_input=torch.randn(4, *shape))
+    assert kept.compiled_as_op and kept.compute_path == "auto"
+    others = [m for m in net.modules() if isinstance(m, eexit.nn.ComputePathModule) and m is not kept]
+    assert others and all(m.compute_path == "reference" for m in others if not m.compiled_as_op)
     with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
         for b in (1, 2, 7, 64, 300):
-            x = torch.randn(b, 3, 8, 8, generator=generator(seed + b))
+            x = torch.randn(b, *shape, generator=generator(seed + b))
             got, want = net.infer(x, [0.5, 0.0]), eager.infer(x, [0.5, 0.0])
             assert torch.equal(got.exit_index, want.exit_index)
             torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()  # traced again with a spy: the graph calls eexit's op
-    calls, real = [], eexit.ops.local_response_norm
-    monkeypatch.setattr(eexit.ops, "local_response_norm", lambda *a: calls.append(a[0].shape) or real(*a))
+    calls, real = [], getattr(eexit.ops, op_name)
+    monkeypatch.setattr(eexit.ops, op_name, lambda *a: calls.append(a[0].shape) or real(*a))
     with torch.inference_mode():
-        net.infer(torch.randn(3, 3, 8, 8), [0.5, 0.0])
-    assert calls, "the compiled stage did not run eexit.ops.local_response_norm"
+        net.infer(torch.randn(3, *shape), [0.5, 0.0])
+    assert calls, f"the compiled stage did not run eexit.ops.{op_name}"
 
 
 def test_compile_errors():

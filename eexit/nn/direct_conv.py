@@ -59,6 +59,16 @@ class Conv2d(nn.Conv2d, ComputePathModule):
     def extra_repr(self) -> str:
         return f"{nn.Conv2d.extra_repr(self)}, {ComputePathModule.extra_repr(self)}"
 
+    @property
+    def compiled_as_op(self) -> bool:
+        """True where the rule picks the direct op at every batch size (``C_in * KH * KW <=
+        DIRECT_MAX_TAPS`` and the op's geometry): the choice then does not depend on the batch, so
+        :func:`eexit.compile` keeps the op in its graphs (2-5x oneDNN there) with no guard on the
+        batch size. Other layers compile as plain convolutions."""
+        kh, kw = self.kernel_size
+        return (self.in_channels * kh * kw <= DIRECT_MAX_TAPS and self.stride == (1, 1) and self.dilation == (1, 1)
+                and self.groups == 1 and self.padding_mode == "zeros" and type(self.padding) is tuple)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resolve_path(x) == "reference":
             return self._conv_forward(x, self.weight, self.bias)
