@@ -99,8 +99,8 @@ def compile(model: EarlyExitModel, *, example_input: Optional[Any] = None, gate:
     BatchNorm and concatenations); modules whose inference path is one eexit op that Inductor
     cannot beat (``compiled_as_op``: :class:`~eexit.nn.LocalResponseNorm`, and
     :class:`~eexit.nn.Conv2d` layers of at most ``DIRECT_MAX_TAPS`` taps, direct at every batch
-    size) keep theirs, the op staying one call in the graph. ``options`` go to ``torch.compile`` (``dynamic`` is not
-    accepted: the batch dimension is dynamic, every other one static). With ``example_input``
+    size) keep theirs, the op staying one call in the graph. ``options`` go to ``torch.compile``
+    (``dynamic`` is not accepted: the batch dimension is dynamic, every other one static). With ``example_input``
     (a batch as ``forward`` takes it; its samples are repeated or cut to the sizes of
     ``WARMUP_BATCHES``) the graphs ``infer`` runs are compiled at once, under ``torch.no_grad()``
     and under ``torch.inference_mode()`` with a normal and with an inference tensor (their tensors
