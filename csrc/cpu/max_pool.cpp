@@ -40,6 +40,14 @@ struct Axis {
   }
   // Input index of tap j of output o's window, clamped into the input.
   int64_t clamped(int64_t o, int64_t j) const { return std::clamp<int64_t>(o * s - p + j, 0, in - 1); }
+  // clamped(o, j) for every output o and tap j < k, output by output: [out * k].
+  std::vector<int64_t> taps() const {
+    std::vector<int64_t> t;
+    t.reserve(out * k);
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t j = 0; j < k; ++j) t.push_back(clamped(o, j));
+    return t;
+  }
 };
 
 // The offset of x's last element (x has no empty dimension).
@@ -87,9 +95,7 @@ void pool_nchw(const at::Tensor& x, at::Tensor& y, const Axis& h, const Axis& w)
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / (h.in * w.in));
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (w.s == 2 && (w.k == 2 || w.k == 3) && w.hi > w.lo) {
-      std::vector<int64_t> taps;  // [H_out * kh]: the input row of each output row's tap
-      for (int64_t oh = 0; oh < h.out; ++oh)
-        for (int64_t i = 0; i < h.k; ++i) taps.push_back(h.clamped(oh, i));
+      const std::vector<int64_t> taps = h.taps();  // the input row of each output row's tap
       const float* x_end = xp + last_element(x) + 1;
       at::parallel_for(0, x.size(0) * C, grain, [&](int64_t begin, int64_t end) {
         const cpu::PoolRowsArgs a{xp, x_end, yp, C, sn, sc, sh, begin, end, taps.data(),
@@ -123,11 +129,7 @@ void pool_nhwc(const at::Tensor& x, at::Tensor& y, const Axis& h, const Axis& w)
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / (kh * w.in * C));
   if constexpr (std::is_same_v<scalar_t, float>) {
-    std::vector<int64_t> row_taps, col_taps;  // clamped input rows and columns of every output's taps
-    for (int64_t o = 0; o < h.out; ++o)
-      for (int64_t i = 0; i < kh; ++i) row_taps.push_back(h.clamped(o, i));
-    for (int64_t o = 0; o < w.out; ++o)
-      for (int64_t j = 0; j < kw; ++j) col_taps.push_back(w.clamped(o, j));
+    const std::vector<int64_t> row_taps = h.taps(), col_taps = w.taps();  // clamped input rows and columns
     const float* x_end = xp + last_element(x) + 1;
     at::parallel_for(0, x.size(0) * h.out, grain, [&](int64_t begin, int64_t end) {
       const cpu::PoolPixelsArgs a{xp, x_end, yp, C, sn, sh, sw, begin, end, h.out, w.out,

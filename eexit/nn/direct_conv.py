@@ -18,6 +18,16 @@ DIRECT_MAX_TAPS = 25
 DIRECT_MAX_MACS = 4_000_000
 
 
+def direct_taps(conv: nn.Conv2d) -> int:
+    """``C_in * KH * KW`` of ``conv`` when the direct op takes its geometry (stride 1, dilation 1,
+    one group, zero padding given as ints), else 0."""
+    if not (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and type(conv.padding) is tuple):
+        return 0
+    kh, kw = conv.kernel_size
+    return conv.in_channels * kh * kw
+
+
 def direct_conv_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether :func:`eexit.ops.direct_conv2d` beats ``F.conv2d`` for ``conv`` on ``x``, by the rule
     measured on a 2-core AMD EPYC with torch 2.14.1 (``benchmarks/results/direct_conv-cpu-2026-12-04.md``):
@@ -25,14 +35,14 @@ def direct_conv_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     ``C_in * KH * KW <= DIRECT_MAX_TAPS`` or at most ``DIRECT_MAX_MACS`` multiply-adds. Larger
     layers at larger batches run faster in oneDNN (up to 2-4x). Called on every forward: cheap
     checks first."""
-    if not (x.is_cpu and x.dim() == 4 and x.dtype in FLOAT_DTYPES and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and type(conv.padding) is tuple):
+    if not (x.is_cpu and x.dim() == 4 and x.dtype in FLOAT_DTYPES):
         return False
-    kh, kw = conv.kernel_size
-    taps = conv.in_channels * kh * kw
+    taps = direct_taps(conv)
+    if not taps:
+        return False
     if taps <= DIRECT_MAX_TAPS:
         return True
+    kh, kw = conv.kernel_size
     n, _, h, w = x.shape
     return n * (h + 2 * conv.padding[0] - kh + 1) * (w + 2 * conv.padding[1] - kw + 1) * conv.out_channels * taps \
         <= DIRECT_MAX_MACS
@@ -65,9 +75,7 @@ class Conv2d(nn.Conv2d, ComputePathModule):
         DIRECT_MAX_TAPS`` and the op's geometry): the choice then does not depend on the batch, so
         :func:`eexit.compile` keeps the op in its graphs (2-5x oneDNN there) with no guard on the
         batch size. Other layers compile as plain convolutions."""
-        kh, kw = self.kernel_size
-        return (self.in_channels * kh * kw <= DIRECT_MAX_TAPS and self.stride == (1, 1) and self.dilation == (1, 1)
-                and self.groups == 1 and self.padding_mode == "zeros" and type(self.padding) is tuple)
+        return 0 < direct_taps(self) <= DIRECT_MAX_TAPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resolve_path(x) == "reference":
