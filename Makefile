@@ -54,13 +54,14 @@ docs: $(STAMP)
 
 bench: build
 	mkdir -p benchmarks/results
-	for f in exit_gate dense direct_conv lrn max_pool branchynet msdnet; do \
+	for f in exit_gate dense direct_conv packed_conv lrn max_pool branchynet msdnet; do \
 	  $(PY) -m pytest -q -p no:cacheprovider benchmarks/test_bench_$$f.py --benchmark-json=benchmarks/results/latest-$$f.json && \
 	  $(PY) benchmarks/strip_json.py benchmarks/results/latest-$$f.json || exit 1; \
 	done
 	$(PY) benchmarks/report.py benchmarks/results/latest-exit_gate.json
 	$(PY) benchmarks/report_dense.py benchmarks/results/latest-dense.json
 	$(PY) benchmarks/report_direct_conv.py benchmarks/results/latest-direct_conv.json
+	$(PY) benchmarks/report_packed_conv.py benchmarks/results/latest-packed_conv.json
 	$(PY) benchmarks/report_lrn.py benchmarks/results/latest-lrn.json
 	$(PY) benchmarks/report_max_pool.py benchmarks/results/latest-max_pool.json
 	$(PY) benchmarks/report_early_exit.py benchmarks/results/latest-branchynet.json

@@ -148,9 +148,9 @@ class ResBlock(ComputePathModule):
     def _folded_conv(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """conv{i} with bn{i} folded in, on x."""
         conv, bn = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
-        w, b = self._fold.get(f"conv{i}:{x.dtype}", [conv.weight, conv.bias, *bn_sources(bn)],
-                              lambda: fold_conv_bn(conv, bn, x.dtype))
-        return conv2d_inference(x, conv, w, b)
+        sources = [conv.weight, conv.bias, *bn_sources(bn)]
+        w, b = self._fold.get(f"conv{i}:{x.dtype}", sources, lambda: fold_conv_bn(conv, bn, x.dtype))
+        return conv2d_inference(x, conv, w, b, self._fold, f"conv{i}:packed", sources)
 
 
 def _chainer_init_(model: nn.Module) -> None:

@@ -9,7 +9,7 @@ Module tree and keys (b: block, l: position in the block, s: scale, k: exit):
 * ``blocks.0.0.layers.{s}``: the stem (official ``MSDNFirstLayer``). Scale 0 is a 3x3
   :class:`~eexit.nn.ConvBNReLU` on CIFAR (``.net.{0,1}``), or on ImageNet a plain ``nn.Sequential``
   of a 7x7 stride-2 conv *with bias*, BN, ReLU, 3x3 stride-2 max-pool (``.0.weight``, ``.0.bias``,
-  ``.1.*``); each coarser scale is a 3x3 stride-2 ConvBNReLU of the previous one.
+  ``.1.*``; :class:`ImageNetStem`); each coarser scale is a 3x3 stride-2 ConvBNReLU of the previous one.
 * ``blocks.{b}.{l}.layers.{j}``: :class:`ScaleConv` (official ``ConvNormal`` / ``ConvDownNormal``),
   with ``conv_down`` (if any) and ``conv_normal``, each a :class:`~eexit.nn.BottleneckConv`
   (official ``ConvBN``, ``.net.{0,1,3,4}``).
@@ -34,9 +34,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from eexit import ops
 from eexit._layout import memory_format_of
 from eexit.models.state_dict import mismatch_report, read_torch
-from eexit.nn import BottleneckConv, ConvBNReLU, EarlyExitModel
+from eexit.nn import BottleneckConv, ComputePathModule, ConvBNReLU, EarlyExitModel
+from eexit.nn.folding import bn_sources, fold_conv_bn
+from eexit.nn.packed_conv import conv2d_onednn
 
 Features = List[torch.Tensor]
 DATASETS = ("cifar", "imagenet")
@@ -49,6 +52,32 @@ PRUNE_RULES = ("max", "min")
 # ----------------------------------------------------------------------------------------------
 # building blocks
 # ----------------------------------------------------------------------------------------------
+
+class ImageNetStem(nn.Sequential, ComputePathModule):
+    """MSDNet's ImageNet scale-0 stem, the official ``nn.Sequential`` (keys ``0.weight``, ``0.bias``,
+    ``1.*``): conv 7x7 stride 2 with bias, BatchNorm, ReLU, max-pool 3x3 stride 2 pad 1.
+
+    The reference path runs the modules; the inference paths fold the BatchNorm into the conv (its
+    weight packed for oneDNN with the ReLU fused on channels_last float32 CPU input,
+    :mod:`eexit.nn.packed_conv`) and pool with :func:`eexit.ops.max_pool2d`: no BatchNorm or ReLU
+    pass over the largest map of the network. [N, C_in, H, W] -> [N, C_out, H/4, W/4], x's memory format.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, backend: str = "auto") -> None:
+        super().__init__(nn.Conv2d(in_channels, out_channels, 7, 2, 3), nn.BatchNorm2d(out_channels),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))  # then ComputePathModule
+        self.set_backend(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resolve_path(x) == "reference":
+            return nn.Sequential.forward(self, x)
+        conv, bn, _, pool = self
+        sources = [conv.weight, conv.bias, *bn_sources(bn)]
+        with torch.no_grad():
+            w, b = self._fold.get(f"conv:{x.dtype}", sources, lambda: fold_conv_bn(conv, bn, x.dtype))
+            y = conv2d_onednn(x, conv, w, b, self._fold, "conv:packed", sources, relu=True)
+            return ops.max_pool2d(y, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+
 
 class MSDStem(nn.Module):
     """First layer (official ``MSDNFirstLayer``): image [N, in_channels, H, W] -> one map per scale.
@@ -65,12 +94,7 @@ class MSDStem(nn.Module):
         if dataset == "cifar":
             first: nn.Module = ConvBNReLU(in_channels, widths[0], 3, 1, 1, backend=backend)
         else:
-            first = nn.Sequential(
-                nn.Conv2d(in_channels, widths[0], 7, 2, 3),
-                nn.BatchNorm2d(widths[0]),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(3, 2, 1),
-            )
+            first = ImageNetStem(in_channels, widths[0], backend)
         self.layers = nn.ModuleList(
             [first] + [ConvBNReLU(widths[s - 1], widths[s], 3, 2, 1, backend=backend) for s in range(1, len(widths))]
         )

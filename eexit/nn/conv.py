@@ -4,13 +4,13 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eexit import ops
 from eexit._layout import memory_format_of
 from eexit.nn.execution import ComputePathModule
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
+from eexit.nn.packed_conv import conv2d_onednn
 
 
 def triton_supports(conv: nn.Conv2d) -> bool:
@@ -43,9 +43,10 @@ class ConvStack(ComputePathModule):
             if path == "triton" and all(triton_supports(c) for c, _ in units):
                 return self._triton(x, units)
             for i, (conv, bn) in enumerate(units):
-                w, b = self._fold.get(f"conv{i}:{x.dtype}", [conv.weight, *bn_sources(bn)],
+                sources = [conv.weight, *bn_sources(bn)]
+                w, b = self._fold.get(f"conv{i}:{x.dtype}", sources,
                                       lambda conv=conv, bn=bn: fold_conv_bn(conv, bn, x.dtype))
-                x = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups).relu_()
+                x = conv2d_onednn(x, conv, w, b, self._fold, f"conv{i}:packed", sources, relu=True)
             return x
 
     def into(self, x: torch.Tensor, c_in: int, out: torch.Tensor, c_out0: int) -> None:

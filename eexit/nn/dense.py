@@ -4,13 +4,13 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eexit import ops
 from eexit._layout import memory_format_of
 from eexit.nn.execution import ComputePathModule
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
+from eexit.nn.packed_conv import conv2d_onednn
 
 
 class DenseLayer(nn.Module):
@@ -168,15 +168,17 @@ class DenseConcatBlock(ComputePathModule):
         for i, layer in enumerate(self.layers):
             c = c0 + i * g
             s1, b1 = self._fold.get(f"pre{i}", bn_sources(layer.norm1), lambda ly=layer: bn_affine(ly.norm1))
-            w1, bias1 = self._fold.get(f"conv1_{i}:{dt}", [layer.conv1.weight, *bn_sources(layer.norm2)],
+            sources1 = [layer.conv1.weight, *bn_sources(layer.norm2)]
+            w1, bias1 = self._fold.get(f"conv1_{i}:{dt}", sources1,
                                        lambda ly=layer: fold_conv_bn(ly.conv1, ly.norm2, dt))
             w2 = self._fold.get(f"conv2_{i}:{dt}:{fmt}", [layer.conv2.weight],
                                 lambda ly=layer: ly.conv2.weight.to(dt).contiguous(memory_format=fmt))
             pre = scratch[: n * c * h * w]  # a dense [N, c, H, W] view of the reused scratch
             pre = pre.view(n, h, w, c).permute(0, 3, 1, 2) if fmt == torch.channels_last else pre.view(n, c, h, w)
             ops.append_channels(buf, new, at, pre, s1, b1)  # the copy and BN1-ReLU in one pass
-            y = F.conv2d(pre, w1, bias1).relu_()
-            new, at = F.conv2d(y, w2, None, padding=1), c
+            y = conv2d_onednn(pre, layer.conv1, w1, bias1, self._fold, f"conv1_{i}:packed", sources1, relu=True)
+            new = conv2d_onednn(y, layer.conv2, w2, None, self._fold, f"conv2_{i}:packed", [layer.conv2.weight])
+            at = c
         ops.append_channels(buf, new, at)
         return buf
 

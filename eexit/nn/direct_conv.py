@@ -1,14 +1,16 @@
 """A Conv2d whose inference path runs eexit's direct convolution where it is measured faster."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from eexit import ops
 from eexit._checks import FLOAT_DTYPES
-from eexit.nn.execution import ComputePathModule
+from eexit.nn.execution import ComputePathModule, FoldCache
+from eexit.nn.packed_conv import conv2d_onednn, packable, packs
 
 #: C_in * KH * KW up to which the direct convolution is used at any batch size (one input
 #: channel 5x5, two channels 3x3): oneDNN's GEMM has almost no reduction depth there.
@@ -16,6 +18,13 @@ DIRECT_MAX_TAPS = 25
 #: Multiply-adds of one call up to which the direct convolution is used whatever the channels
 #: (NCHW or channels_last input): small batches, where oneDNN's per-call set-up dominates.
 DIRECT_MAX_MACS = 4_000_000
+#: The output width (columns) from which the DIRECT_MAX_MACS clause holds for NCHW input. The
+#: direct kernel's vectors run along output rows, so narrower rows leave lanes idle (at 1 column
+#: F.conv2d is 2.3x faster).
+DIRECT_MIN_WIDTH = 2
+#: The same for input that runs oneDNN with a packed weight (channels_last float32). The packed
+#: convolution is 1.4-9x faster on 1-4 columns, even at 6 and 1.2x slower at 8.
+DIRECT_MIN_WIDTH_PACKED = 8
 
 
 def direct_taps(conv: nn.Conv2d) -> int:
@@ -32,9 +41,10 @@ def direct_conv_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether :func:`eexit.ops.direct_conv2d` beats ``F.conv2d`` for ``conv`` on ``x``, by the rule
     measured on a 2-core AMD EPYC with torch 2.14.1 (``benchmarks/results/direct_conv-cpu-2026-12-04.md``):
     a 4-D CPU float tensor, stride 1, dilation 1, one group, zero padding given as ints, and either
-    ``C_in * KH * KW <= DIRECT_MAX_TAPS`` or at most ``DIRECT_MAX_MACS`` multiply-adds. Larger
-    layers at larger batches run faster in oneDNN (up to 2-4x). Called on every forward: cheap
-    checks first."""
+    ``C_in * KH * KW <= DIRECT_MAX_TAPS`` or at most ``DIRECT_MAX_MACS`` multiply-adds on output
+    rows at least ``DIRECT_MIN_WIDTH`` wide (``DIRECT_MIN_WIDTH_PACKED`` where the alternative is
+    the packed oneDNN convolution, :func:`~eexit.nn.packed_conv.packs`). Larger layers at larger
+    batches run faster in oneDNN (up to 2-4x). Called on every forward: cheap checks first."""
     if not (x.is_cpu and x.dim() == 4 and x.dtype in FLOAT_DTYPES):
         return False
     taps = direct_taps(conv)
@@ -44,14 +54,18 @@ def direct_conv_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
         return True
     kh, kw = conv.kernel_size
     n, _, h, w = x.shape
-    return n * (h + 2 * conv.padding[0] - kh + 1) * (w + 2 * conv.padding[1] - kw + 1) * conv.out_channels * taps \
-        <= DIRECT_MAX_MACS
+    w_out = w + 2 * conv.padding[1] - kw + 1
+    if w_out < DIRECT_MIN_WIDTH or (w_out < DIRECT_MIN_WIDTH_PACKED and packable(conv)
+                                    and packs(x, conv.weight, conv.bias)):
+        return False
+    return n * (h + 2 * conv.padding[0] - kh + 1) * w_out * conv.out_channels * taps <= DIRECT_MAX_MACS
 
 
 class Conv2d(nn.Conv2d, ComputePathModule):
     """``nn.Conv2d`` (same arguments, parameters and state_dict) whose inference paths run
     :func:`eexit.ops.direct_conv2d` where :func:`direct_conv_pays` says it is faster (few
-    channels, small batches, on CPU) and ``F.conv2d`` everywhere else.
+    channels, small batches, on CPU) and ``F.conv2d`` everywhere else, with the weight packed once
+    for oneDNN on channels_last float32 CPU input (:mod:`eexit.nn.packed_conv`).
 
     The reference path (training, autograd) is ``F.conv2d``; every other path (``folded``,
     ``triton``, ``fast``) applies the rule. ``backend`` sets the compute path as for every
@@ -80,14 +94,18 @@ class Conv2d(nn.Conv2d, ComputePathModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resolve_path(x) == "reference":
             return self._conv_forward(x, self.weight, self.bias)
-        return conv2d_inference(x, self, self.weight, self.bias)
+        sources = [self.weight] if self.bias is None else [self.weight, self.bias]
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():  # (no_grad: 1 µs)
+            return conv2d_inference(x, self, self.weight, self.bias, self._fold, "packed", sources)
 
 
-def conv2d_inference(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor,
-                     bias: Optional[torch.Tensor]) -> torch.Tensor:
+def conv2d_inference(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     cache: FoldCache, name: str, sources: Sequence[torch.Tensor]) -> torch.Tensor:
     """``conv``'s geometry (stride, padding, dilation, groups, padding mode) applied with ``weight``
     and ``bias`` (its own, or folded ones of the same shapes) on an inference path:
-    :func:`eexit.ops.direct_conv2d` where :func:`direct_conv_pays`, else ``F.conv2d``. Under CPU
+    :func:`eexit.ops.direct_conv2d` where :func:`direct_conv_pays`, else
+    :func:`~eexit.nn.packed_conv.conv2d_onednn` (the weight packed into ``cache[name]`` on
+    channels_last float32 input; ``sources``: the tensors weight and bias derive from). Under CPU
     autocast x, weight and bias are cast to its dtype first, as autocast does for ``F.conv2d``."""
     if not x.is_cpu:  # the direct convolution is a CPU op
         return conv._conv_forward(x, weight, bias)
@@ -96,5 +114,5 @@ def conv2d_inference(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor,
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
     if not direct_conv_pays(x, conv):
-        return conv._conv_forward(x, weight, bias)
+        return conv2d_onednn(x, conv, weight, bias, cache, name, sources)
     return ops.direct_conv2d(x, weight, bias, conv.padding)

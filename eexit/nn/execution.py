@@ -155,6 +155,12 @@ class FoldCache:
     def clear(self) -> None:
         self._store.clear()
 
+    def __deepcopy__(self, memo) -> "FoldCache":
+        return FoldCache()  # derived values (some, oneDNN's packed weights, cannot be copied)
+
+    def __getstate__(self) -> dict:
+        return {"_store": {}}  # pickled empty, for the same reason
+
 
 class ComputePathModule(nn.Module):
     """Base of modules with several compute paths (see the module docstring): a ``compute_path``

@@ -26,29 +26,42 @@ import torch.fx as fx
 from torch import nn
 
 from eexit.nn.execution import ComputePathModule
+from eexit.nn.inference_graph import inference_body
 
 BYPASS = "build the stages yourself: eexit.nn.EarlyExitNetwork(stages, exits)"
 
 
-class GraphStage(nn.Module):
+class GraphStage(ComputePathModule):
     """One stage cut out of a traced model. ``body`` is the eval-mode graph (a GraphModule sharing
     the model's modules and parameters); in train mode the train-mode graph runs when it differs.
 
     forward: the previous stage's output (the model's input for stage 0) -> the cut module's
     output, or a tuple whose first element it is, followed by the values that cross the cut.
+
+    Compute paths (:mod:`eexit.nn.execution`): the reference path runs the graph as traced; the
+    inference paths run :func:`eexit.nn.inference_graph.inference_body` of it (each Conv2d ->
+    BatchNorm2d -> ReLU chain one oneDNN convolution with a packed weight and the BatchNorm folded
+    in, on channels_last float32 CPU input), built on first use, outside the module tree: the
+    state_dict is the body's on every path.
     """
 
-    def __init__(self, body: fx.GraphModule, train_graph: Optional[fx.Graph] = None) -> None:
-        super().__init__()
+    def __init__(self, body: fx.GraphModule, train_graph: Optional[fx.Graph] = None, backend: str = "auto") -> None:
+        super().__init__(backend)
         self.body = body
         self._train_graph = train_graph
         self._train_body: Optional[fx.GraphModule] = None  # built on first use, over body's modules
+        self._infer_body: Optional[fx.GraphModule] = None  # likewise
 
     def _apply(self, fn, recurse=True):
-        self._train_body = None  # .to() may have replaced buffers that it holds
+        self._train_body = self._infer_body = None  # .to() may have replaced buffers that they hold
         return super()._apply(fn, recurse)
 
     def forward(self, h):
+        if self.resolve_path(h if isinstance(h, torch.Tensor) else h[0]) != "reference":
+            if self._infer_body is None:  # outside the module tree, as the train body
+                self.__dict__["_infer_body"] = inference_body(self.body)
+            with torch.no_grad():
+                return self._infer_body(h)
         if self.training and self._train_graph is not None:
             if self._train_body is None:  # outside the module tree: state_dict and modules() stay body's
                 self.__dict__["_train_body"] = fx.GraphModule(self.body, self._train_graph, "TrainStage")

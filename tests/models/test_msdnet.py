@@ -9,8 +9,9 @@ from torch import nn
 from eexit.models import PRESETS, MSDNet, msdnet_cifar_anytime, msdnet_cifar_budgeted, msdnet_imagenet
 from eexit.models.msdnet import ScaleConv
 from eexit.nn import set_backend
+from eexit.nn.packed_conv import ONEDNN
 
-from helpers import generator, new_seed, randomise_bn
+from helpers import MODULE_TOL, generator, new_seed, randomise_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,6 +221,24 @@ def test_forward_and_exit_stages():
         for k, (a, b) in enumerate(zip(fused, outs)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"exit {k}, seed {seed}")
     assert widths[0] == [40, 80, 160] and len(widths[-1]) == 1  # scales drop to the coarsest one
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_imagenet_stem_inference_path_equals_its_modules(fmt, dtype):
+    seed = new_seed()
+    torch.manual_seed(seed)
+    stem = randomise_bn(msdnet_imagenet(4, 10).blocks[0][0].layers[0], generator(seed), affine=True).eval().to(dtype)
+    assert [k for k in stem.state_dict() if not k.startswith("1.")] == ["0.weight", "0.bias"]
+    x = torch.randn(1 + seed % 4, 3, 41, 38, generator=generator(seed)).to(dtype).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        got = stem(x)
+        want = stem.set_backend("reference")(x)
+    assert got.shape == want.shape == (x.shape[0], 32, 11, 10) and got.is_contiguous(memory_format=fmt)
+    tol = MODULE_TOL[torch.bfloat16 if dtype == torch.bfloat16 else torch.float32]
+    torch.testing.assert_close(got, want, **tol, msg=f"seed {seed}")
+    packed = "conv:packed" in stem._fold._store
+    assert packed == (fmt == torch.channels_last and dtype == torch.float32 and ONEDNN)
 
 
 def test_real_early_exit_with_the_runner():

@@ -264,6 +264,15 @@ def test_direct_conv_pays_rule():
     assert not direct_conv_pays(torch.randn(1, 1, 28, 28, device="meta"), lenet.to("meta"))
     assert not direct_conv_pays(torch.randn(1, 1, 28, 28), nn.Conv2d(1, 5, 5, stride=2))
     assert not direct_conv_pays(torch.randn(1, 1, 28, 28), nn.Conv2d(1, 5, 5, dilation=2))
+    # rows narrower than DIRECT_MIN_WIDTH (NCHW) / DIRECT_MIN_WIDTH_PACKED (packed channels_last) go to oneDNN
+    cl = torch.channels_last
+    assert not direct_conv_pays(torch.randn(1, 512, 1, 1), nn.Conv2d(512, 512, 3, padding=1))  # 2.4 M, 1 column
+    assert direct_conv_pays(torch.randn(1, 256, 2, 2), nn.Conv2d(256, 256, 3, padding=1))  # 2.4 M, 2 columns
+    assert direct_conv_pays(torch.randn(1, 128, 4, 4), nn.Conv2d(128, 128, 3, padding=1))
+    assert direct_conv_pays(torch.randn(1, 128, 4, 4).to(torch.bfloat16).contiguous(memory_format=cl),
+                            nn.Conv2d(128, 128, 3, padding=1).bfloat16())  # not packed: NCHW's width rule
+    assert not direct_conv_pays(torch.randn(1, 128, 4, 4).contiguous(memory_format=cl),
+                                nn.Conv2d(128, 128, 3, padding=1))  # packed
 
 
 def test_conv2d_module_under_autocast():
