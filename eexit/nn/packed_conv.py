@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eexit.nn.execution import FoldCache
@@ -50,10 +49,6 @@ def packs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -
     )
 
 
-def _geometry(conv: nn.Conv2d):
-    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
-
-
 def conv2d_onednn(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   cache: FoldCache, name: str, sources: Sequence[torch.Tensor], relu: bool = False) -> torch.Tensor:
     """``conv``'s geometry applied to x with ``weight`` [C_out, C_in/groups, KH, KW] and ``bias``
@@ -62,10 +57,9 @@ def conv2d_onednn(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: 
     tensors ``weight`` and ``bias`` derive from, changes), else ``F.conv2d``. Output in x's memory
     format; call under ``torch.no_grad()`` (inference only)."""
     if not (packable(conv) and packs(x, weight, bias)):
-        y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups) \
-            if conv.padding_mode == "zeros" else conv._conv_forward(x, weight, bias)
+        y = conv._conv_forward(x, weight, bias)  # F.conv2d with conv's geometry and padding mode
         return y.relu_() if relu else y
-    padding, stride, dilation, groups = _geometry(conv)
+    padding, stride, dilation, groups = list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
     packed = cache.get(name, sources, lambda: torch.ops.mkldnn._reorder_convolution_weight(
         weight.contiguous(), padding, stride, dilation, groups, list(x.shape)))
     y = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
