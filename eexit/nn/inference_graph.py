@@ -24,10 +24,11 @@ _RELU_METHODS = ("relu", "relu_")
 
 
 class ConvUnit(nn.Module):
-    """``conv`` then ``bn`` (eval mode, running statistics; optional) then ReLU (when ``relu``), the
-    modules shared with the traced model. On input that :func:`~eexit.nn.packed_conv.packs`
-    (channels_last float32 CPU), one packed oneDNN convolution with the BatchNorm folded in and the
-    ReLU fused; on any other input the modules as the model runs them. Inference only."""
+    """``conv`` then ``bn`` (running statistics; optional) then ReLU (when ``relu``), the modules
+    shared with the traced model. On input that :func:`~eexit.nn.packed_conv.packs` (channels_last
+    float32 CPU), one packed oneDNN convolution with the BatchNorm folded in and the ReLU fused; on
+    any other input, or while ``bn`` is in train mode (batch statistics), the modules as the model
+    runs them. Inference only."""
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool) -> None:
         super().__init__()
@@ -39,7 +40,7 @@ class ConvUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self.conv, self.bn
-        if not (packable(conv) and packs(x, conv.weight, conv.bias)):
+        if not (packable(conv) and packs(x, conv.weight, conv.bias)) or (bn is not None and bn.training):
             y = conv(x)
             y = y if bn is None else bn(y)
             return y.relu_() if self.relu else y  # y is a fresh tensor, as the traced ReLU's input was

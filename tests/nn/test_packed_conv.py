@@ -178,6 +178,13 @@ def test_inference_body_fuses_conv_bn_relu_chains_and_equals_the_graph():
         x = torch.randn(1 + seed % 6, 3, 9, 7, generator=generator(seed)).contiguous(memory_format=fmt)
         with torch.no_grad():
             torch.testing.assert_close(fused(x), model(x), **MODULE_TOL[torch.float32])
+            model.layer2.conv2.weight.mul_(0.5)  # the units share the model's modules (and refold)
+            model.layer1.bn1.running_var.mul_(2.0)
+            torch.testing.assert_close(fused(x), model(x), **MODULE_TOL[torch.float32])
+    model.layer1.bn1.train()  # batch statistics: that unit runs the modules as written
+    x = torch.randn(4, 3, 9, 7, generator=generator(seed)).contiguous(memory_format=CL)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), **MODULE_TOL[torch.float32])
 
 
 def test_attached_network_runs_the_inference_body_on_inference_paths_only():
