@@ -30,8 +30,7 @@ DIRECT_MIN_WIDTH_PACKED = 8
 def direct_taps(conv: nn.Conv2d) -> int:
     """``C_in * KH * KW`` of ``conv`` when the direct op takes its geometry (stride 1, dilation 1,
     one group, zero padding given as ints), else 0."""
-    if not (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and type(conv.padding) is tuple):
+    if not (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and packable(conv)):
         return 0
     kh, kw = conv.kernel_size
     return conv.in_channels * kh * kw

@@ -17,7 +17,7 @@ from torch import nn
 
 from eexit.nn.execution import ComputePathModule, FoldCache
 from eexit.nn.folding import bn_sources, fold_conv_bn
-from eexit.nn.packed_conv import conv2d_onednn, packable, packs
+from eexit.nn.packed_conv import conv2d_packed, packable, packs
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _RELU_METHODS = ("relu", "relu_")
@@ -50,7 +50,7 @@ class ConvUnit(nn.Module):
         else:
             sources += bn_sources(bn)
             w, b = self._fold.get("fold", sources, lambda: fold_conv_bn(conv, bn, torch.float32))
-        return conv2d_onednn(x, conv, w, b, self._fold, "packed", sources, relu=self.relu)
+        return conv2d_packed(x, conv, w, b, self._fold, "packed", sources, relu=self.relu)  # checked above
 
 
 def _only_user(node: fx.Node) -> Optional[fx.Node]:

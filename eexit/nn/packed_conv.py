@@ -31,8 +31,9 @@ ONEDNN = _onednn_ops()
 
 
 def packable(conv: nn.Conv2d) -> bool:
-    """Whether ``conv``'s geometry can run packed: zero padding given as ints (not "same")."""
-    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    """Whether ``conv``'s padding can run packed (and direct, :func:`eexit.nn.direct_conv.direct_taps`):
+    zero padding given as ints (the tuple ``nn.Conv2d`` stores; not "same" or "valid")."""
+    return conv.padding_mode == "zeros" and type(conv.padding) is tuple
 
 
 def packs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -59,6 +60,13 @@ def conv2d_onednn(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: 
     if not (packable(conv) and packs(x, weight, bias)):
         y = conv._conv_forward(x, weight, bias)  # F.conv2d with conv's geometry and padding mode
         return y.relu_() if relu else y
+    return conv2d_packed(x, conv, weight, bias, cache, name, sources, relu)
+
+
+def conv2d_packed(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  cache: FoldCache, name: str, sources: Sequence[torch.Tensor], relu: bool = False) -> torch.Tensor:
+    """:func:`conv2d_onednn`'s packed path, for a caller that has checked :func:`packable` and
+    :func:`packs` already (same arguments and result)."""
     padding, stride, dilation, groups = list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
     packed = cache.get(name, sources, lambda: torch.ops.mkldnn._reorder_convolution_weight(
         weight.contiguous(), padding, stride, dilation, groups, list(x.shape)))
