@@ -66,8 +66,13 @@ def conv2d_onednn(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: 
 def conv2d_packed(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   cache: FoldCache, name: str, sources: Sequence[torch.Tensor], relu: bool = False) -> torch.Tensor:
     """:func:`conv2d_onednn`'s packed path, for a caller that has checked :func:`packable` and
-    :func:`packs` already (same arguments and result)."""
+    :func:`packs` already (same arguments and result). Input that does not fit the weight (its
+    channels, or pixels fewer than the dilated kernel) goes to ``F.conv2d``, for PyTorch's own error
+    naming the sizes (oneDNN's says only that it has no primitive)."""
     padding, stride, dilation, groups = list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+    if x.shape[1] != weight.shape[1] * groups or any(
+            x.shape[2 + i] + 2 * padding[i] < dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in (0, 1)):
+        return conv._conv_forward(x, weight, bias)
     packed = cache.get(name, sources, lambda: torch.ops.mkldnn._reorder_convolution_weight(
         weight.contiguous(), padding, stride, dilation, groups, list(x.shape)))
     y = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,

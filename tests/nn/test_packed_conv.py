@@ -103,6 +103,19 @@ def test_inputs_it_does_not_pack_run_f_conv2d_and_keep_their_layout(case):
         assert not cache._store and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 6, 6), (2, 16, 1, 2)], ids=["channels", "too_small"])
+def test_input_that_does_not_fit_gets_pytorchs_error(shape):
+    """Wrong channels, or fewer pixels than the kernel (no padding): the error PyTorch gives for the
+    same input, naming the sizes, not oneDNN's 'could not create a primitive descriptor'."""
+    conv = Conv2d(16, 24, 3).eval()
+    x = torch.randn(*shape).contiguous(memory_format=CL)
+    with pytest.raises(RuntimeError) as want:
+        F.conv2d(x, conv.weight, conv.bias)
+    with torch.no_grad(), pytest.raises(RuntimeError) as got:
+        conv(x)
+    assert str(got.value) == str(want.value) and "primitive" not in str(got.value)
+
+
 def test_not_packed_while_torch_compile_traces():
     conv = nn.Conv2d(16, 16, 3, padding=1)
     x = torch.randn(2, 16, 6, 6).contiguous(memory_format=CL)
