@@ -39,7 +39,7 @@ from eexit._layout import memory_format_of
 from eexit.models.state_dict import mismatch_report, read_torch
 from eexit.nn import BottleneckConv, ComputePathModule, ConvBNReLU, EarlyExitModel
 from eexit.nn.folding import bn_sources, fold_conv_bn
-from eexit.nn.packed_conv import conv2d_onednn
+from eexit.nn.packed_conv import conv2d_onednn, to_packing_layout
 
 Features = List[torch.Tensor]
 DATASETS = ("cifar", "imagenet")
@@ -85,6 +85,13 @@ class MSDStem(nn.Module):
     CIFAR: scale 0 is a 3x3 ConvBNReLU, [N, c_0, H, W]. ImageNet: conv 7x7 stride 2 (bias) + BN +
     ReLU + max-pool 3x3 stride 2 pad 1, [N, c_0, H/4, W/4]. Scale s >= 1: a 3x3 stride-2 ConvBNReLU
     of scale s - 1, c_s = n_channels * gr_factor[s] channels.
+
+    On an inference path the maps are channels_last for float32 CPU input in any memory format
+    (:func:`~eexit.nn.packed_conv.to_packing_layout`: the image, or a one-channel image's first
+    map, copied once), so that every layer after runs the packed oneDNN convolutions: the fused full
+    network on contiguous input 1.42-1.78x the reference's time, 0.97-1.19x when it kept that format
+    (``benchmarks/results/msdnet_formats-cpu-2026-12-05-stem-layout.md``). Otherwise the maps keep
+    x's format.
     """
 
     def __init__(self, n_channels: int, gr_factor: Sequence[int], dataset: str, backend: str = "auto",
@@ -101,9 +108,11 @@ class MSDStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Features:
         """x [N, in_channels, H, W] -> [scale 0, scale 1, ...], each [N, c_s, H_s, W_s]."""
+        layout = to_packing_layout if self.layers[0].resolve_path(x) != "reference" else (lambda t: t)
         out = []
+        x = layout(x)
         for layer in self.layers:
-            x = layer(x)
+            x = layout(layer(x))
             out.append(x)
         return out
 

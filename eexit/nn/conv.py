@@ -1,6 +1,7 @@
 """Conv -> BatchNorm -> ReLU stacks with MSDNet's layout (``net.{0,1,3,4}`` keys)."""
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -10,7 +11,7 @@ from eexit import ops
 from eexit._layout import memory_format_of
 from eexit.nn.execution import ComputePathModule
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
-from eexit.nn.packed_conv import conv2d_onednn
+from eexit.nn.packed_conv import PackedConv, run_chain
 
 
 def triton_supports(conv: nn.Conv2d) -> bool:
@@ -38,16 +39,17 @@ class ConvStack(ComputePathModule):
         path = self.resolve_path(x)
         if path == "reference":
             return self.net(x)
-        units = self.units()
-        with torch.no_grad():
-            if path == "triton" and all(triton_supports(c) for c, _ in units):
-                return self._triton(x, units)
-            for i, (conv, bn) in enumerate(units):
-                sources = [conv.weight, *bn_sources(bn)]
-                w, b = self._fold.get(f"conv{i}:{x.dtype}", sources,
-                                      lambda conv=conv, bn=bn: fold_conv_bn(conv, bn, x.dtype))
-                x = conv2d_onednn(x, conv, w, b, self._fold, f"conv{i}:packed", sources, relu=True)
-            return x
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+            if path == "triton":
+                units = self.units()
+                if all(triton_supports(c) for c, _ in units):
+                    return self._triton(x, units)
+            # every parameter and buffer of the stack: the folds' sources, gathered without units()
+            sources = [t for m in self.net._modules.values() for d in (m._parameters, m._buffers)
+                       for t in d.values() if t is not None]
+            chain = self._fold.get(f"chain:{x.dtype}", sources, lambda: [
+                PackedConv(conv, *fold_conv_bn(conv, bn, x.dtype), relu=True) for conv, bn in self.units()])
+            return run_chain(x, chain)
 
     def into(self, x: torch.Tensor, c_in: int, out: torch.Tensor, c_out0: int) -> None:
         """``out[:, c_out0 : c_out0 + C_out] = self(x[:, :c_in])``, for concat buffers x and out (they

@@ -138,13 +138,14 @@ def triton_usable(device: torch.device) -> bool:
 
 class FoldCache:
     """Values derived from parameters and buffers (folded BatchNorm), rebuilt whenever one of
-    their sources changes: keyed on each source's version counter, storage and dtype."""
+    their sources changes: keyed on each source's version counter, data pointer and dtype (a
+    move to another device moves the data: host and device pointers share one address space)."""
 
     def __init__(self) -> None:
-        self._store: Dict[str, Tuple[tuple, object]] = {}
+        self._store: Dict[str, Tuple[list, object]] = {}
 
     def get(self, name: str, sources: Sequence[torch.Tensor], build: Callable[[], object]):
-        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+        key = [(t._version, t.data_ptr(), t.dtype) for t in sources]
         hit = self._store.get(name)
         if hit is None or hit[0] != key:
             with torch.no_grad():

@@ -17,7 +17,7 @@ from torch import nn
 
 from eexit.nn.execution import ComputePathModule, FoldCache
 from eexit.nn.folding import bn_sources, fold_conv_bn
-from eexit.nn.packed_conv import conv2d_packed, packable, packs
+from eexit.nn.packed_conv import PackedConv, packable, packs, run_packed
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _RELU_METHODS = ("relu", "relu_")
@@ -45,12 +45,11 @@ class ConvUnit(nn.Module):
             y = y if bn is None else bn(y)
             return y.relu_() if self.relu else y  # y is a fresh tensor, as the traced ReLU's input was
         sources = [t for t in (conv.weight, conv.bias) if t is not None]
-        if bn is None:
-            w, b = conv.weight, conv.bias
-        else:
+        if bn is not None:
             sources += bn_sources(bn)
-            w, b = self._fold.get("fold", sources, lambda: fold_conv_bn(conv, bn, torch.float32))
-        return conv2d_packed(x, conv, w, b, self._fold, "packed", sources, relu=self.relu)  # checked above
+        unit = self._fold.get("packed", sources, lambda: PackedConv(
+            conv, *((conv.weight, conv.bias) if bn is None else fold_conv_bn(conv, bn, torch.float32)), self.relu))
+        return run_packed(unit, x)  # x packs: checked above
 
 
 def _only_user(node: fx.Node) -> Optional[fx.Node]:

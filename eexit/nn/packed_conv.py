@@ -10,7 +10,7 @@ changes) and call oneDNN with it, fusing a following ReLU into the convolution.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -36,45 +36,102 @@ def packable(conv: nn.Conv2d) -> bool:
     return conv.padding_mode == "zeros" and type(conv.padding) is tuple
 
 
-def packs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether a convolution of ``x`` with ``weight`` and ``bias`` runs packed: x a 4-D float32
-    CPU tensor dense in channels_last (and not also dense in NCHW, unless it has one pixel, where
-    both layouts are the same memory), float32 parameters, oneDNN built and enabled, and not
-    while ``torch.compile`` traces (Inductor gets the plain convolution). Cheap checks first."""
+def input_packs(x: torch.Tensor) -> bool:
+    """Whether input ``x`` runs packed (given float32 parameters): a 4-D float32 CPU tensor dense in
+    channels_last (and not also dense in NCHW, unless it has one pixel, where both layouts are the
+    same memory), oneDNN built and enabled, and not while ``torch.compile`` traces (Inductor gets
+    the plain convolution). Cheap checks first."""
     return (
         ONEDNN and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu
         and x.is_contiguous(memory_format=torch.channels_last)
         and (x.shape[2] * x.shape[3] == 1 or not x.is_contiguous())
-        and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
         and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
     )
+
+
+def to_packing_layout(x: torch.Tensor) -> torch.Tensor:
+    """x copied into channels_last where its layout is all that keeps it from :func:`input_packs` (a
+    4-D float32 CPU tensor with more than one channel, not dense in channels_last), else x itself
+    (a one-channel tensor is dense in both layouts and stays NCHW): for a network whose inference
+    path runs channels_last throughout."""
+    if ONEDNN and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu and x.shape[1] > 1 \
+            and not x.is_contiguous(memory_format=torch.channels_last) \
+            and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def packs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether a convolution of ``x`` with ``weight`` and ``bias`` runs packed: :func:`input_packs`
+    and float32 parameters."""
+    return weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and input_packs(x)
+
+
+class PackedConv:
+    """One convolution of a chain (:func:`run_chain`): ``conv``'s geometry with ``weight`` and
+    ``bias`` (the module's own or folded ones, in the input's dtype), then ReLU when ``relu``.
+    Runs packed where :func:`packable` and the input packs and fits, the weight packed on first
+    use for that input's shape (reused at every batch size); else ``conv._conv_forward``."""
+
+    __slots__ = ("conv", "weight", "bias", "relu", "post", "args", "fits", "packed")
+
+    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor], relu: bool) -> None:
+        self.conv, self.weight, self.bias, self.relu = conv, weight, bias, relu
+        self.post = "relu" if relu else "none"
+        self.args: Optional[Tuple[List[int], List[int], List[int], int]] = None
+        self.fits = (0, 0, 0)
+        self.packed: Optional[torch.Tensor] = None
+        if packable(conv) and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+            padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
+            self.args = (padding, stride, dilation, conv.groups)
+            # input channels, and the least height and width the dilated kernel fits in
+            self.fits = (weight.shape[1] * conv.groups, *(dilation[i] * (weight.shape[2 + i] - 1) + 1 - 2 * padding[i]
+                                                          for i in (0, 1)))
+
+    def run(self, x: torch.Tensor, packs_x: bool) -> Tuple[torch.Tensor, bool]:
+        """(output, whether it ran packed) for x; ``packs_x``: :func:`input_packs` of x. Input that
+        does not fit the weight (channels, or fewer pixels than the dilated kernel) runs
+        ``F.conv2d``, for PyTorch's own error naming the sizes."""
+        args = self.args
+        if packs_x and args is not None and x.shape[1] == self.fits[0] and x.shape[2] >= self.fits[1] \
+                and x.shape[3] >= self.fits[2]:
+            if self.packed is None:
+                self.packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight.contiguous(), *args,
+                                                                            list(x.shape))
+            return _POINTWISE(x, self.packed, self.bias, *args, self.post, [], ""), True
+        y = self.conv._conv_forward(x, self.weight, self.bias)  # F.conv2d with conv's geometry and padding mode
+        return (y.relu_() if self.relu else y), False
+
+
+_POINTWISE = torch.ops.mkldnn._convolution_pointwise.default if ONEDNN else None
+
+
+def run_chain(x: torch.Tensor, chain: Sequence[PackedConv]) -> torch.Tensor:
+    """The convolutions of ``chain`` one after the other on x (each feeding the next), packed where
+    they can; output in x's memory format. Call under ``torch.no_grad()`` (inference only)."""
+    nchw = x.is_contiguous()  # NCHW input, or a one-pixel one (the packed op returns channels_last)
+    packed = input_packs(x)
+    for conv in chain:
+        x, ran_packed = conv.run(x, packed)
+        packed = ran_packed or input_packs(x)
+    return x.contiguous() if nchw else x
 
 
 def conv2d_onednn(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   cache: FoldCache, name: str, sources: Sequence[torch.Tensor], relu: bool = False) -> torch.Tensor:
     """``conv``'s geometry applied to x with ``weight`` [C_out, C_in/groups, KH, KW] and ``bias``
-    [C_out] (conv's own or folded ones), then ReLU when ``relu``: with the weight packed for oneDNN
-    where :func:`packs` (packed once into ``cache[name]``, rebuilt when one of ``sources``, the
-    tensors ``weight`` and ``bias`` derive from, changes), else ``F.conv2d``. Output in x's memory
-    format; call under ``torch.no_grad()`` (inference only)."""
+    [C_out] (conv's own or folded ones), then ReLU when ``relu``: where :func:`packs`, a
+    :class:`PackedConv` kept in ``cache[name]`` (rebuilt when one of ``sources``, the tensors
+    ``weight`` and ``bias`` derive from, changes), else ``F.conv2d``. Output in x's memory format;
+    call under ``torch.no_grad()`` (inference only)."""
     if not (packable(conv) and packs(x, weight, bias)):
         y = conv._conv_forward(x, weight, bias)  # F.conv2d with conv's geometry and padding mode
         return y.relu_() if relu else y
-    return conv2d_packed(x, conv, weight, bias, cache, name, sources, relu)
+    return run_packed(cache.get(name, sources, lambda: PackedConv(conv, weight, bias, relu)), x)
 
 
-def conv2d_packed(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  cache: FoldCache, name: str, sources: Sequence[torch.Tensor], relu: bool = False) -> torch.Tensor:
-    """:func:`conv2d_onednn`'s packed path, for a caller that has checked :func:`packable` and
-    :func:`packs` already (same arguments and result). Input that does not fit the weight (its
-    channels, or pixels fewer than the dilated kernel) goes to ``F.conv2d``, for PyTorch's own error
-    naming the sizes (oneDNN's says only that it has no primitive)."""
-    padding, stride, dilation, groups = list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
-    if x.shape[1] != weight.shape[1] * groups or any(
-            x.shape[2 + i] + 2 * padding[i] < dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in (0, 1)):
-        return conv._conv_forward(x, weight, bias)
-    packed = cache.get(name, sources, lambda: torch.ops.mkldnn._reorder_convolution_weight(
-        weight.contiguous(), padding, stride, dilation, groups, list(x.shape)))
-    y = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, stride, dilation, groups,
-                                                "relu" if relu else "none", [], "")
-    return y.contiguous() if x.is_contiguous() else y  # a one-pixel input: keep NCHW
+def run_packed(unit: PackedConv, x: torch.Tensor) -> torch.Tensor:
+    """``unit`` on x that :func:`packs` (checked by the caller), output in x's memory format (a
+    one-pixel input is dense in both; the packed op returns channels_last)."""
+    y, _ = unit.run(x, True)
+    return y.contiguous() if x.is_contiguous() else y

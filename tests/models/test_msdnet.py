@@ -241,6 +241,34 @@ def test_imagenet_stem_inference_path_equals_its_modules(fmt, dtype):
     assert packed == (fmt == torch.channels_last and dtype == torch.float32 and ONEDNN)
 
 
+@pytest.mark.parametrize("case", ["nchw", "one_channel", "bfloat16", "channels_last"])
+def test_inference_path_runs_channels_last_whatever_the_input_format(case):
+    """MSDStem hands every later layer channels_last maps on an inference path (float32 CPU input in
+    any format; a one-channel image's first map copied): exits equal the reference, which keeps x's
+    format; bfloat16 input keeps its format (nothing packs it)."""
+    seed = new_seed()
+    torch.manual_seed(seed)
+    c, dtype = (1 if case == "one_channel" else 3), (torch.bfloat16 if case == "bfloat16" else torch.float32)
+    model = randomise_bn(MSDNet(3, 8, 2, 1, "even", 4, [1, 2, 4], [1, 2, 4], num_classes=5, dataset="cifar",
+                                in_channels=c), generator(seed)).eval().to(dtype)
+    x = torch.randn(1 + seed % 3, c, 32, 32, generator=generator(seed)).to(dtype)
+    if case == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    stem = model.blocks[0][0]
+    with torch.no_grad():
+        maps = stem(x)
+        ref_maps = set_backend(stem, "reference")(x)
+        want = model.set_backend("reference")(x)
+        got = model.set_backend("fused")(x)
+    packing = ONEDNN and dtype == torch.float32
+    for m, r in zip(maps, ref_maps):
+        assert m.is_contiguous(memory_format=torch.channels_last) == (packing or case == "channels_last")
+        assert r.is_contiguous(memory_format=torch.channels_last) == (case == "channels_last")
+    tol = MODULE_TOL[dtype] if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    for k, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, **tol, msg=f"exit {k}, seed {seed}")
+
+
 def test_real_early_exit_with_the_runner():
     """exit_stages() drives eexit.runner: each sample's logits are forward()'s at the exit it left."""
     from eexit import reference

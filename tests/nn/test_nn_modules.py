@@ -103,21 +103,25 @@ def test_folding_follows_training_steps(kind):
     assert not torch.allclose(after, before)
 
 
-def test_folding_follows_in_place_edits_and_load_state_dict():
+@pytest.mark.parametrize("kind", ["dense6", "bottleneck_normal"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+def test_folding_follows_in_place_edits_and_load_state_dict(kind, fmt):
+    """Channels_last runs the packed weights (ConvStack's chain): they follow every edit too."""
     seed = new_seed()
-    model = make("dense6", seed)
-    x = torch.randn(2, 5, 6, 6, generator=generator(seed))
+    model = make(kind, seed)
+    x = torch.randn(2, in_channels(model), 6, 6, generator=generator(seed)).contiguous(memory_format=fmt)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     run(model, "fused", x)  # fills the fold cache
-    bn = model.layers[3].norm2
-    bn.running_mean.add_(0.7)  # in-place buffer edit
+    bns[-1].running_mean.add_(0.7)  # in-place buffer edit
     torch.testing.assert_close(run(model, "fused", x), run(model, "reference", x), **MODULE_TOL[torch.float32])
     with torch.no_grad():
-        model.layers[0].conv1.weight.mul_(-1.5)  # in-place parameter edit
+        convs[0].weight.mul_(-1.5)  # in-place parameter edit
     torch.testing.assert_close(run(model, "fused", x), run(model, "reference", x), **MODULE_TOL[torch.float32])
-    other = make("dense6", seed + 1)
+    other = make(kind, seed + 1)
     model.load_state_dict(other.state_dict())
     torch.testing.assert_close(run(model, "fused", x), run(other, "reference", x), **MODULE_TOL[torch.float32])
-    model.layers[2].norm1.weight.data = torch.rand(model.layers[2].norm1.num_features) + 2.0  # replaced tensor
+    bns[1].weight.data = torch.rand(bns[1].num_features) + 2.0  # replaced tensor
     torch.testing.assert_close(run(model, "fused", x), run(model, "reference", x), **MODULE_TOL[torch.float32])
 
 

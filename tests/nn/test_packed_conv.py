@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eexit.nn import Conv2d, attach_exits, set_backend
+from eexit.nn import Conv2d, ConvBNReLU, attach_exits, set_backend
 from eexit.nn.execution import FoldCache
 from eexit.nn.inference_graph import ConvUnit, inference_body
 from eexit.nn.packed_conv import ONEDNN, conv2d_onednn, packs
@@ -103,16 +103,18 @@ def test_inputs_it_does_not_pack_run_f_conv2d_and_keep_their_layout(case):
         assert not cache._store and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("module", ["Conv2d", "ConvBNReLU"])
 @pytest.mark.parametrize("shape", [(2, 8, 6, 6), (2, 16, 1, 2)], ids=["channels", "too_small"])
-def test_input_that_does_not_fit_gets_pytorchs_error(shape):
+def test_input_that_does_not_fit_gets_pytorchs_error(shape, module):
     """Wrong channels, or fewer pixels than the kernel (no padding): the error PyTorch gives for the
     same input, naming the sizes, not oneDNN's 'could not create a primitive descriptor'."""
-    conv = Conv2d(16, 24, 3).eval()
+    layer = Conv2d(16, 24, 3).eval() if module == "Conv2d" else ConvBNReLU(16, 24, 3, 1, 0).eval()
+    conv = layer if module == "Conv2d" else layer.net[0]
     x = torch.randn(*shape).contiguous(memory_format=CL)
     with pytest.raises(RuntimeError) as want:
         F.conv2d(x, conv.weight, conv.bias)
     with torch.no_grad(), pytest.raises(RuntimeError) as got:
-        conv(x)
+        layer(x)
     assert str(got.value) == str(want.value) and "primitive" not in str(got.value)
 
 
