@@ -10,7 +10,7 @@ from eexit import ops
 from eexit._layout import memory_format_of
 from eexit.nn.execution import ComputePathModule
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
-from eexit.nn.packed_conv import conv2d_onednn
+from eexit.nn.packed_conv import conv2d_onednn, to_packing_layout
 
 
 class DenseLayer(nn.Module):
@@ -72,7 +72,10 @@ class DenseConcatBlock(ComputePathModule):
     The reference concatenates with ``torch.cat`` at every layer (O(L^2) bytes copied). The fused
     paths write each layer's output into its channel slice of one preallocated buffer: on the folded
     path :func:`eexit.ops.append_channels` copies each new output in and writes the next layer's
-    BN1-ReLU input (one reused scratch) in the same pass, and BN2 is folded into conv1; with Triton the
+    BN1-ReLU input (one reused scratch) in the same pass, and BN2 is folded into conv1 (float32 CPU
+    input runs channels_last inside, the packed convolutions' layout, and the output is copied back
+    into x's format: on contiguous input 0.88-1.37x the reference in NCHW, 1.06-3.06x this way,
+    ``benchmarks/results/memory_formats-cpu-2026-12-05.md``); with Triton the
     BN-ReLU prologue, folded BN2 + ReLU and the 3x3 conv run in two kernel launches per layer.
 
     ``load_state_dict`` also takes torchvision's ``_DenseBlock`` keys (``denselayerN.*``, N from 1, for
@@ -159,6 +162,8 @@ class DenseConcatBlock(ComputePathModule):
         return torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
 
     def _folded(self, x: torch.Tensor) -> torch.Tensor:
+        out_fmt = memory_format_of(x)
+        x = to_packing_layout(x)  # float32 CPU: channels_last inside, for the packed convolutions
         fmt = memory_format_of(x)
         n, c0, h, w = x.shape
         g, dt = self.growth_rate, x.dtype
@@ -180,7 +185,7 @@ class DenseConcatBlock(ComputePathModule):
             new = conv2d_onednn(y, layer.conv2, w2, None, self._fold, f"conv2_{i}:packed", [layer.conv2.weight])
             at = c
         ops.append_channels(buf, new, at)
-        return buf
+        return buf if fmt == out_fmt else buf.contiguous(memory_format=out_fmt)
 
     def _triton(self, x: torch.Tensor) -> torch.Tensor:
         from eexit import kernels
