@@ -88,10 +88,10 @@ class MSDStem(nn.Module):
 
     On an inference path the maps are channels_last for float32 CPU input in any memory format
     (:func:`~eexit.nn.packed_conv.to_packing_layout`: the image, or a one-channel image's first
-    map, copied once), so that every layer after runs the packed oneDNN convolutions: the fused full
-    network on contiguous input 1.42-1.78x the reference's time, 0.97-1.19x when it kept that format
-    (``benchmarks/results/msdnet_formats-cpu-2026-12-05-stem-layout.md``). Otherwise the maps keep
-    x's format.
+    map, copied once), so that every layer after runs the packed oneDNN convolutions: on contiguous
+    input the reference full network takes 1.42-1.78x the fused one's time, 0.97-1.19x while the
+    maps kept that format (``benchmarks/results/msdnet_formats-cpu-2026-12-05-stem-layout.md``).
+    Otherwise the maps keep x's format.
     """
 
     def __init__(self, n_channels: int, gr_factor: Sequence[int], dataset: str, backend: str = "auto",

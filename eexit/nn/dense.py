@@ -74,9 +74,10 @@ class DenseConcatBlock(ComputePathModule):
     path :func:`eexit.ops.append_channels` copies each new output in and writes the next layer's
     BN1-ReLU input (one reused scratch) in the same pass, and BN2 is folded into conv1 (float32 CPU
     input runs channels_last inside, the packed convolutions' layout, and the output is copied back
-    into x's format: on contiguous input 0.88-1.37x the reference in NCHW, 1.06-3.06x this way,
-    ``benchmarks/results/memory_formats-cpu-2026-12-05.md``); with Triton the
-    BN-ReLU prologue, folded BN2 + ReLU and the 3x3 conv run in two kernel launches per layer.
+    into x's format: on contiguous input the reference takes 1.06-3.06x the fused block's time this
+    way, 0.88-1.37x when the block ran NCHW, ``benchmarks/results/memory_formats-cpu-2026-12-05.md``);
+    with Triton the BN-ReLU prologue, folded BN2 + ReLU and the 3x3 conv run in two kernel launches
+    per layer.
 
     ``load_state_dict`` also takes torchvision's ``_DenseBlock`` keys (``denselayerN.*``, N from 1, for
     ``layers.{N-1}.*``), so a torchvision DenseNet checkpoint loads after :meth:`from_torchvision`.
