@@ -1,7 +1,6 @@
 """Conv -> BatchNorm -> ReLU stacks with MSDNet's layout (``net.{0,1,3,4}`` keys)."""
 from __future__ import annotations
 
-import contextlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -9,7 +8,7 @@ from torch import nn
 
 from eexit import ops
 from eexit._layout import memory_format_of
-from eexit.nn.execution import ComputePathModule
+from eexit.nn.execution import ComputePathModule, grad_off
 from eexit.nn.folding import bn_affine, bn_sources, fold_conv_bn
 from eexit.nn.packed_conv import PackedConv, run_chain
 
@@ -39,7 +38,7 @@ class ConvStack(ComputePathModule):
         path = self.resolve_path(x)
         if path == "reference":
             return self.net(x)
-        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+        with grad_off():
             if path == "triton":
                 units = self.units()
                 if all(triton_supports(c) for c, _ in units):

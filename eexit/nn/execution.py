@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Dict, Iterator, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -134,6 +134,12 @@ def triton_usable(device: torch.device) -> bool:
     except ImportError:
         return False
     return True
+
+
+def grad_off() -> ContextManager:
+    """``torch.no_grad()`` where grad mode is on, else a no-op context (entering ``no_grad`` costs
+    about 1 µs, felt by the per-call inference paths at batch 1)."""
+    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
 
 
 class FoldCache:

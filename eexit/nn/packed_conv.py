@@ -36,17 +36,19 @@ def packable(conv: nn.Conv2d) -> bool:
     return conv.padding_mode == "zeros" and type(conv.padding) is tuple
 
 
+def _onednn_input(x: torch.Tensor) -> bool:
+    """x a 4-D float32 CPU tensor, oneDNN built and enabled, and not while ``torch.compile`` traces
+    (Inductor gets the plain convolution): what packing asks of x apart from its layout."""
+    return (ONEDNN and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu
+            and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling())
+
+
 def input_packs(x: torch.Tensor) -> bool:
     """Whether input ``x`` runs packed (given float32 parameters): a 4-D float32 CPU tensor dense in
     channels_last (and not also dense in NCHW, unless it has one pixel, where both layouts are the
-    same memory), oneDNN built and enabled, and not while ``torch.compile`` traces (Inductor gets
-    the plain convolution). Cheap checks first."""
-    return (
-        ONEDNN and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and (x.shape[2] * x.shape[3] == 1 or not x.is_contiguous())
-        and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
-    )
+    same memory), oneDNN built and enabled, and not while ``torch.compile`` traces."""
+    return (_onednn_input(x) and x.is_contiguous(memory_format=torch.channels_last)
+            and (x.shape[2] * x.shape[3] == 1 or not x.is_contiguous()))
 
 
 def to_packing_layout(x: torch.Tensor) -> torch.Tensor:
@@ -54,17 +56,26 @@ def to_packing_layout(x: torch.Tensor) -> torch.Tensor:
     4-D float32 CPU tensor with more than one channel, not dense in channels_last), else x itself
     (a one-channel tensor is dense in both layouts and stays NCHW): for a network whose inference
     path runs channels_last throughout."""
-    if ONEDNN and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu and x.shape[1] > 1 \
-            and not x.is_contiguous(memory_format=torch.channels_last) \
-            and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling():
+    if _onednn_input(x) and x.shape[1] > 1 and not x.is_contiguous(memory_format=torch.channels_last):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def _float32(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    return weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
 
 
 def packs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
     """Whether a convolution of ``x`` with ``weight`` and ``bias`` runs packed: :func:`input_packs`
     and float32 parameters."""
-    return weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and input_packs(x)
+    return _float32(weight, bias) and input_packs(x)
+
+
+def _unpacked(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
+              relu: bool) -> torch.Tensor:
+    """``F.conv2d`` with conv's geometry and padding mode, then ReLU (in place) when ``relu``."""
+    y = conv._conv_forward(x, weight, bias)
+    return y.relu_() if relu else y
 
 
 class PackedConv:
@@ -81,7 +92,7 @@ class PackedConv:
         self.args: Optional[Tuple[List[int], List[int], List[int], int]] = None
         self.fits = (0, 0, 0)
         self.packed: Optional[torch.Tensor] = None
-        if packable(conv) and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        if packable(conv) and _float32(weight, bias):
             padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
             self.args = (padding, stride, dilation, conv.groups)
             # input channels, and the least height and width the dilated kernel fits in
@@ -99,8 +110,7 @@ class PackedConv:
                 self.packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight.contiguous(), *args,
                                                                             list(x.shape))
             return _POINTWISE(x, self.packed, self.bias, *args, self.post, [], ""), True
-        y = self.conv._conv_forward(x, self.weight, self.bias)  # F.conv2d with conv's geometry and padding mode
-        return (y.relu_() if self.relu else y), False
+        return _unpacked(x, self.conv, self.weight, self.bias, self.relu), False
 
 
 _POINTWISE = torch.ops.mkldnn._convolution_pointwise.default if ONEDNN else None
@@ -125,8 +135,7 @@ def conv2d_onednn(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: 
     ``weight`` and ``bias`` derive from, changes), else ``F.conv2d``. Output in x's memory format;
     call under ``torch.no_grad()`` (inference only)."""
     if not (packable(conv) and packs(x, weight, bias)):
-        y = conv._conv_forward(x, weight, bias)  # F.conv2d with conv's geometry and padding mode
-        return y.relu_() if relu else y
+        return _unpacked(x, conv, weight, bias, relu)
     return run_packed(cache.get(name, sources, lambda: PackedConv(conv, weight, bias, relu)), x)
 
 
